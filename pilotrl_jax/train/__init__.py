@@ -1,0 +1,1 @@
+"""pilotrl_jax.train."""

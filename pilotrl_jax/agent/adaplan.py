@@ -107,14 +107,14 @@ class AgentEpisode:
         self.plan_history: list[tuple[int, SpanKind, tuple[str, ...]]] = []  # (turn, PLAN|EXTERNAL_PLAN, steps)
         self.observations: list[str] = []
         self.actions: list[str] = []  # env actions sent (no-ops for format errors included)
-        self.turns: list[TurnResult] = []
-        self.format_errors = 0
+        self.turns: list[TurnResult] = []  # one per PLAN/ACTION span the policy wrote
+        self.format_errors = 0  # malformed plan spans + malformed executor spans
         self.num_turns = 0  # executor turns (env actions) so far
         self.final_info: dict = {}
         self._fed = 0  # tokens the sampler has already consumed
         self._turn_text = ""  # parse carry within the current assistant turn (straddling tokens)
         self._planned_this_turn = False
-        self._last_format_error: Optional[str] = None
+        self._turn_errors: list[str] = []  # format errors of the current turn, reported with the observation
         self._last_sent: Optional[str] = None
 
     # ------------------------------------------------------------------ setup
@@ -140,6 +140,7 @@ class AgentEpisode:
     def _open_turn(self) -> None:
         """Decide the first generation of a new assistant turn (inserting an external plan if due)."""
         self._turn_text = ""
+        self._turn_errors = []
         self._planned_this_turn = False
         if self.mode == "react":
             self.phase = Phase.ACTION
@@ -175,7 +176,7 @@ class AgentEpisode:
     def next_request(self) -> Optional[Request]:
         """What the policy must generate next, or None when the episode waits for the env or is done."""
         if self.phase == Phase.PLAN:
-            return Request(SpanKind.PLAN, (STOP_PLAN,), False)
+            return Request(SpanKind.PLAN, (STOP_PLAN, STOP_ACTION), False)
         if self.phase == Phase.ACTION:
             allow = self._allow_plan()
             return Request(SpanKind.ACTION, (STOP_ACTION, STOP_PLAN) if allow else (STOP_ACTION,), allow)
@@ -222,13 +223,37 @@ class AgentEpisode:
         elif not isinstance(text, str):
             raise TypeError(f"text must be the decoded policy output (str) or None, got {type(text).__name__}")
         self._fed = len(self.token_ids()) + len(ids)
-        if self.phase == Phase.PLAN:
-            return self._plan_turn(ids, lps, text)
-        return self._action_turn(ids, lps, text)
+        return self._generation(ids, lps, text, expect_plan=self.phase == Phase.PLAN)
 
     def _record_plan(self, steps: tuple[str, ...]) -> None:
         self.plan = steps
         self.plan_history.append((self.num_turns, SpanKind.PLAN, steps))
+
+    def _generation(self, ids, lps, text, expect_plan: bool) -> TurnResult:
+        """Route one sampled generation to PLAN and/or ACTION spans (tokens never re-tokenized)."""
+        may_plan = expect_plan or self._allow_plan()
+        if may_plan and _PLAN_OPEN_AT_START_RE.match(text) and _PLAN_CLOSE_RE.search(text):
+            # A plan block first: cut the sampled tokens after the token that closes it.
+            cut = split_index_after_text(self.chat, ids, _PLAN_CLOSE_RE)
+            head_text = self.chat.decode(ids[:cut]) if cut is not None else text
+            if cut is not None and not _THOUGHT_OR_ACTION_RE.search(head_text):
+                rest_ids, rest_lps = ids[cut:], (None if lps is None else lps[cut:])
+                plan_res = self._plan_turn(ids[:cut], None if lps is None else lps[:cut], head_text)
+                rest_text = self.chat.decode(rest_ids)
+                if not _THOUGHT_OR_ACTION_RE.search(self._turn_text + rest_text):
+                    # Only a plan (maybe with a few characters past its stop): one PLAN span.
+                    self.spans[-1] = Span(SpanKind.PLAN, ids, lps, text)
+                    self._turn_text += rest_text
+                    return plan_res
+                turn = self._executor(rest_ids, rest_lps, rest_text, self._turn_text, allow_plan=False)
+                if plan_res.format_error and not turn.format_error:
+                    turn = dataclasses.replace(turn, format_error=True)
+                return turn
+        if expect_plan and not _THOUGHT_OR_ACTION_RE.search(text):
+            return self._plan_turn(ids, lps, text)  # a plan turn, well-formed or not
+        if expect_plan:  # thought/action where a plan was due: an executor turn, and a format error
+            return self._executor(ids, lps, text, "", allow_plan=False, missing_plan=True)
+        return self._executor(ids, lps, text, self._turn_text, allow_plan=may_plan)
 
     def _plan_turn(self, ids, lps, text) -> TurnResult:
         self.spans.append(Span(SpanKind.PLAN, ids, lps, text))
@@ -237,7 +262,7 @@ class AgentEpisode:
             self._record_plan(res.plan)
         else:
             self.format_errors += 1
-            self._last_format_error = "plan: " + res.error
+            self._turn_errors.append("plan: " + res.error)
         # Characters after </global_plan> inside the plan's last token (e.g. "<" of a "><" token)
         # belong to the executor's text: carry them into its parse.
         closes = list(_PLAN_CLOSE_RE.finditer(text))
@@ -248,28 +273,12 @@ class AgentEpisode:
         self.turns.append(turn)
         return turn
 
-    def _action_turn(self, ids, lps, text) -> TurnResult:
-        allow = self._allow_plan()
-        if allow and _PLAN_OPEN_AT_START_RE.match(text) and _PLAN_CLOSE_RE.search(text):
-            cut = split_index_after_text(self.chat, ids, _PLAN_CLOSE_RE)
-            head_text = self.chat.decode(ids[:cut]) if cut is not None else text
-            if cut is not None and not _THOUGHT_OR_ACTION_RE.search(head_text):
-                rest_ids, rest_lps = ids[cut:], (None if lps is None else lps[cut:])
-                plan_res = self._plan_turn(ids[:cut], None if lps is None else lps[:cut], head_text)
-                if not rest_ids:  # the sampler stopped at </global_plan>: the executor writes next
-                    return plan_res
-                self.turns.pop()  # one TurnResult for the whole generation
-                carry = self._turn_text
-                rest_text = self.chat.decode(rest_ids)
-                turn = self._executor(rest_ids, rest_lps, rest_text, carry, allow_plan=False)
-                if plan_res.format_error and not turn.format_error:
-                    turn = dataclasses.replace(turn, format_error=True)
-                return turn
-        return self._executor(ids, lps, text, self._turn_text, allow_plan=allow)
-
-    def _executor(self, ids, lps, text, carry, allow_plan) -> TurnResult:
+    def _executor(self, ids, lps, text, carry, allow_plan, missing_plan=False) -> TurnResult:
         self.spans.append(Span(SpanKind.ACTION, ids, lps, text))
         res = parse_action(carry + text, allow_plan=allow_plan)
+        if missing_plan:
+            why = "missing <global_plan> before <thought> (write the plan first)"
+            res = ParseResult(ok=False, error=why if res.ok else f"{why}; {res.error}")
         if res.ok:
             if res.new_plan:
                 self._record_plan(res.plan)
@@ -277,7 +286,7 @@ class AgentEpisode:
         else:
             self.format_errors += 1
             action = self.noop_action
-            self._last_format_error = res.error
+            self._turn_errors.append(res.error)
         self.actions.append(action)
         self._last_sent = action
         self.num_turns += 1
@@ -307,16 +316,18 @@ class AgentEpisode:
             self.finish("max_turns")
             return
         admissible = info.get("admissible_actions") if self.show_admissible else None
+        error = "; ".join(self._turn_errors) or None
+        noop_sent = bool(self.turns) and self.turns[-1].kind == SpanKind.ACTION and not self.turns[-1].parse.ok
         msg = prompts.observation_message(
             observation,
             self.mode,
             self.replan,
             external_plan=self.external_plan,
-            format_error=self._last_format_error,
-            sent_action=self._last_sent if self._last_format_error else None,
+            format_error=error,
+            sent_action=self._last_sent if noop_sent else None,
             admissible_actions=admissible,
         )
-        self._last_format_error = None
+        self._turn_errors = []
         last_policy = next((s.token_ids for s in reversed(self.spans) if s.kind in (SpanKind.ACTION, SpanKind.PLAN)), [])
         ids = self.chat.observation_ids(msg, after=last_policy)
         self.spans.append(Span(SpanKind.OBSERVATION, ids, None, msg))

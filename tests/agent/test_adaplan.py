@@ -360,3 +360,59 @@ def test_api_misuse_raises_clear_errors(tiny_tok):
     assert ep.phase == Phase.OBSERVE
     with pytest.raises(RuntimeError, match="prompt_for_next called in phase observe"):
         ep.prompt_for_next()
+
+
+def test_plan_phase_edge_cases(tiny_tok):
+    env = FakeEnv()
+    ep = AgentEpisode(TASK, "adaplan", "every_step", None, tiny_tok)
+    ep.start(env.reset(TASK)[0])
+    assert ep.next_request().stop_strings == ("</global_plan>", "</action>")
+    # 1) thought+action where the plan was due: a format error, the no-op is sent.
+    t = ep.add_policy_output(ep.chat.encode("<thought>t</thought><action>go to desk 1</action>"))
+    assert t.format_error and t.env_action == "look" and "missing <global_plan>" in t.parse.error
+    assert ep.spans[-1].kind == SpanKind.ACTION
+    ep.add_observation("Nothing happens.")
+    assert "missing <global_plan>" in ep.spans[-1].text
+    # 2) plan and action in one generation (a sampler that did not stop): split, the action runs.
+    text = prompts.plan_text(GOAL) + "\n<thought>Step 1.</thought><action>go to desk 1</action>"
+    ids = ep.chat.encode(text)
+    t = ep.add_policy_output(ids, list(range(len(ids))))
+    assert not t.format_error and t.env_action == "go to desk 1"
+    assert [s.kind for s in ep.spans[-2:]] == [SpanKind.PLAN, SpanKind.ACTION]
+    assert ep.spans[-2].token_ids + ep.spans[-1].token_ids == ids
+    assert ep.spans[-2].logprobs + ep.spans[-1].logprobs == list(range(len(ids)))
+    ep.add_observation("You did it.")
+    # 3) a plan with characters past its stop string stays one PLAN span; the action parses.
+    ids = ep.chat.encode(prompts.plan_text(GOAL[1:]) + "\n")
+    t = ep.add_policy_output(ids)
+    assert not t.format_error and ep.spans[-1].token_ids == ids and ep.phase == Phase.ACTION
+    t = ep.add_policy_output(ep.chat.encode("<thought>Step 1.</thought><action>take pen 1 from desk 1</action>"))
+    assert not t.format_error and t.env_action == "take pen 1 from desk 1"
+    assert ep.format_errors == 1
+
+
+_PIECES = ["<global_plan>", "</global_plan>", "<thought>", "</thought>", "<action>", "</action>", "Step 1: look\n",
+           "Step 2: go to desk 1", "look", "go to desk 1", "\n", " ", "é🍎", "<", ">", "/", "<|im_end|>"]
+
+
+@pytest.mark.parametrize("mode, replan", [("adaplan", "every_step"), ("adaplan", "on_demand"),
+                                          ("adaplan", "static"), ("react", None)])
+def test_random_policy_invariants(tiny_tok, mode, replan):
+    rng = np.random.default_rng(7)
+    for episode in range(15):
+        env = FakeEnv()
+        ep = AgentEpisode(TASK, mode, replan, None, tiny_tok, max_turns=6)
+
+        def policy(req, ep, env):
+            if rng.random() < 0.4:  # a well-formed turn
+                return plan_text(env) if req.kind == SpanKind.PLAN else action_text(env)
+            return "".join(rng.choice(_PIECES, size=int(rng.integers(0, 10))))
+
+        fed, produced = run_episode(ep, env, policy, rng)
+        assert fed == ep.token_ids().tolist()
+        policy_ids = sum((s.token_ids for s in ep.spans if s.kind in (SpanKind.PLAN, SpanKind.ACTION)), [])
+        assert policy_ids == sum((p[0] for p in produced), [])
+        assert ep.format_errors == sum(1 for t in ep.turns if not t.parse.ok)
+        assert all(t.env_action == "look" for t in ep.turns if t.kind == SpanKind.ACTION and not t.parse.ok)
+        assert ep.done and ep.status in ("success", "max_turns")
+        assert ep.num_turns == len(ep.actions) == len(env.sent)

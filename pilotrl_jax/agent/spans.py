@@ -60,3 +60,11 @@ def flatten_spans(spans: Sequence[Span]) -> tuple[np.ndarray, np.ndarray, np.nda
         kinds.extend([int(s.kind)] * len(s.token_ids))
         lps.extend(s.logprobs if s.logprobs is not None else [0.0] * len(s.token_ids))
     return (np.asarray(ids, np.int32), np.asarray(kinds, np.int32), np.asarray(lps, np.float32))
+
+
+def count_tokens(spans: Sequence[Span], kinds: Optional[Sequence[SpanKind]] = None) -> int:
+    """Number of tokens in `spans`, or only in spans whose kind is in `kinds` (e.g. POLICY_KINDS)."""
+    if kinds is not None and isinstance(kinds, (str, SpanKind)):
+        raise TypeError(f"kinds must be a sequence of SpanKind, got {kinds!r}; e.g. pass POLICY_KINDS")
+    wanted = None if kinds is None else {SpanKind(k) for k in kinds}
+    return sum(len(s.token_ids) for s in spans if wanted is None or s.kind in wanted)

@@ -26,7 +26,7 @@ REPLAN_MODES = ("every_step", "on_demand", "static")
 NOOP_ACTIONS = {
     "alfworld": "look",
     "scienceworld": "look around",
-    "twx": "look",
+    "twx": "look around",
     "tiny": "look",
     "agentgym": "look",
 }
@@ -50,14 +50,17 @@ _ENV_TEXT = {
         "'focus on' marks the object the task is about: use it only on the object the task names."
     ),
     "twx": (
-        "You are an agent in a text adventure game (TextWorld). You act by typing text commands such as "
-        "look; inventory; go north/south/east/west; open (obj); take (obj); put (obj) in (obj); "
-        "examine (obj); and the verbs the game's observations suggest.\n"
+        "You are an agent in a TextWorldExpress game (e.g. cooking a recipe, tidying a house, finding "
+        "a coin, reading a map, arithmetic, sorting). You act by typing text commands such as: "
+        "look around; inventory; move north/south/east/west; open door to (direction); take (obj); "
+        "put (obj) in (obj); examine (obj); and the verbs the task and observations name.\n"
         "Write object names exactly as the observations do."
     ),
     "tiny": (
-        "You are an agent in a small text world. You act by typing short text commands "
-        "(for example: look; go to (place); take (obj); put (obj) in (place)).\n"
+        "You are an agent in a small text world of rooms, items and containers. You act by typing "
+        "short text commands.\n"
+        "Commands: go to (room); take (item); take (item) from (container); drop (item); "
+        "put (item) in (container); open (container); close (container); look; inventory.\n"
         "Write names exactly as the observations do."
     ),
     "agentgym": (

@@ -100,7 +100,7 @@ class AgentGymEnv:
     RETRY_STATUS = (502, 503, 504)
 
     def __init__(self, base_url: str, protocol: str | AgentGymProtocol | Mapping = "default",
-                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.25, name: str = ENV_NAME):
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.25):
         parsed = urllib.parse.urlparse(base_url or "")
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"base_url={base_url!r}; expected 'http://host:port'")
@@ -113,7 +113,6 @@ class AgentGymEnv:
         self.timeout = float(timeout)
         self.retries = retries
         self.backoff = float(backoff)
-        self.name = name
         self.env_id: Any = None
         self._stale = False
         self._task: Task | None = None
@@ -299,8 +298,9 @@ class AgentGymEnv:
 
 def make_tasks(split: str = "train", n: int | None = None, seed: int = 0,
                indices: Mapping[str, Sequence[int] | tuple[int, int]] | None = None,
-               name: str = ENV_NAME) -> list[Task]:
+               server: str = ENV_NAME) -> list[Task]:
     """Tasks for data indices of a server; `indices` maps split -> list of ints or (start, stop).
+    `server` names the served environment ("webshop", ...): it becomes task_type and prefixes task_id.
 
     AgentGym servers number their items without saying which are train or test, so the split
     ranges must be given, e.g. indices={"train": (0, 5000), "heldout": (5000, 5200)}.
@@ -317,8 +317,8 @@ def make_tasks(split: str = "train", n: int | None = None, seed: int = 0,
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n={n!r}; expected a non-negative int or None (all)")
         if n < len(idx):
-            idx = sorted(random.Random(f"agentgym-{name}-{seed}-{split}").sample(idx, n))
-    return [Task(env=ENV_NAME, task_id=f"{name}-{i}", task_type=name, split=split,
+            idx = sorted(random.Random(f"agentgym-{server}-{seed}-{split}").sample(idx, n))
+    return [Task(env=ENV_NAME, task_id=f"{server}-{i}", task_type=server, split=split,
                  payload={"data_idx": i}) for i in idx]
 
 

@@ -32,7 +32,7 @@ def _expert_plans():
 def test_episodes_through_the_client(server):
     env = AgentGymEnv(server.url, timeout=5)
     assert isinstance(env, TextEnv)
-    tasks = make_tasks("train", indices={"train": (0, len(TINY))}, name="tiny-served")
+    tasks = make_tasks("train", indices={"train": (0, len(TINY))}, server="tiny-served")
     assert [t.payload["data_idx"] for t in tasks] == list(range(len(TINY)))
     for task, plan in zip(tasks, _expert_plans()):
         obs, info = env.reset(task)

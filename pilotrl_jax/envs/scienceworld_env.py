@@ -69,6 +69,9 @@ class ScienceWorldEnv:
         t = time.perf_counter()
         self._engine = _start_engine(jar_path)
         self.startup_seconds = time.perf_counter() - t
+        # cumulative wall-clock seconds and counts, for benchmarks and logs
+        self.timings = {"startup_s": self.startup_seconds, "reset_s": 0.0, "step_s": 0.0,
+                        "n_reset": 0, "n_step": 0}
         self._server = self._engine.server
         self._names: list[str] | None = None
         self._task: Task | None = None
@@ -126,6 +129,22 @@ class ScienceWorldEnv:
 
     # ------------------------------------------------------------------ protocol
     def reset(self, task: Task) -> tuple[str, dict]:
+        """Start `task`; see _reset. Time is added to self.timings."""
+        t = time.perf_counter()
+        out = self._reset(task)
+        self.timings["reset_s"] += time.perf_counter() - t
+        self.timings["n_reset"] += 1
+        return out
+
+    def step(self, action: str) -> StepResult:
+        """Apply one action; see _step. Time is added to self.timings."""
+        t = time.perf_counter()
+        out = self._step(action)
+        self.timings["step_s"] += time.perf_counter() - t
+        self.timings["n_step"] += 1
+        return out
+
+    def _reset(self, task: Task) -> tuple[str, dict]:
         """Load `task` (payload: task_name, variation, optional simplifications) in the running JVM."""
         if not isinstance(task, Task) or task.env != ENV_NAME:
             raise ValueError(f"task={task!r}; expected a Task with env='scienceworld' (see load_tasks)")
@@ -143,7 +162,7 @@ class ScienceWorldEnv:
         obs = f"{self._server.freeActionLook()}\n{self._task_desc}".strip()
         return obs, self._info()
 
-    def step(self, action: str) -> StepResult:
+    def _step(self, action: str) -> StepResult:
         """Send `action` to the simulator; unknown actions get the engine's own answer."""
         self._require_reset()
         if not isinstance(action, str):

@@ -67,6 +67,9 @@ class TWXEnv:
         t = time.perf_counter()
         self._engine = _start_engine(jar_path)
         self.startup_seconds = time.perf_counter() - t
+        # cumulative wall-clock seconds and counts, for benchmarks and logs
+        self.timings = {"startup_s": self.startup_seconds, "reset_s": 0.0, "step_s": 0.0,
+                        "n_reset": 0, "n_step": 0}
         self._loaded: tuple[str, str] | None = None
         self._task: Task | None = None
         self._gold: list[str] | None = None
@@ -110,6 +113,22 @@ class TWXEnv:
         )
 
     def reset(self, task: Task) -> tuple[str, dict]:
+        """Start `task`; see _reset. Time is added to self.timings."""
+        t = time.perf_counter()
+        out = self._reset(task)
+        self.timings["reset_s"] += time.perf_counter() - t
+        self.timings["n_reset"] += 1
+        return out
+
+    def step(self, action: str) -> StepResult:
+        """Apply one action; see _step. Time is added to self.timings."""
+        t = time.perf_counter()
+        out = self._step(action)
+        self.timings["step_s"] += time.perf_counter() - t
+        self.timings["n_step"] += 1
+        return out
+
+    def _reset(self, task: Task) -> tuple[str, dict]:
         """Generate the game of `task` (payload: game, seed, fold, params) and return its start."""
         if not isinstance(task, Task) or task.env != ENV_NAME:
             raise ValueError(f"task={task!r}; expected a Task with env='twx' (see load_tasks)")
@@ -133,7 +152,7 @@ class TWXEnv:
         self._score, self._won, self._done = 0.0, False, False
         return f"{obs.strip()}\n{self._task_desc}".strip(), self._info(raw)
 
-    def step(self, action: str) -> StepResult:
+    def _step(self, action: str) -> StepResult:
         """Send `action` to the engine; unknown actions get the engine's own answer."""
         self._require_reset()
         if not isinstance(action, str):

@@ -4,7 +4,9 @@ A crash (the worker dies) or a hang (a call passes its timeout) raises `EnvError
 is then `broken` until `restart()`. The worker runs in its own session (process group), so a
 kill also takes down what the env started (a JVM for ScienceWorld/TextWorldExpress).
 The env factory is given by import path ("pkg.module:Name") or as a picklable module-level
-callable, plus keyword arguments.
+callable, plus keyword arguments. With the default 'spawn' start method, a script that
+creates ProcessEnvs must guard its entry point with `if __name__ == "__main__":` (the worker
+re-imports the main module); pytest and `python -m` entry points are fine.
 """
 from __future__ import annotations
 

@@ -63,6 +63,7 @@ def test_gold_path_wins(env, split):
             assert env.expert_actions() == gold[i + 1:]
         assert res.done and res.info["won"] and res.info["score"] == 1.0
         assert res.info["raw_score"] == 100 and total == pytest.approx(1.0)
+    assert env.timings["n_reset"] >= 2 and env.timings["startup_s"] > 0
 
 
 def test_invalid_action_admissible_and_off_path_expert(env):

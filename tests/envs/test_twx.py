@@ -54,6 +54,7 @@ def test_gold_path_wins_every_game(env, split):
         assert res.done and res.info["won"] and res.info["score"] == 1.0, task.task_id
         assert total == pytest.approx(1.0)
         assert env.expert_actions() == []
+    assert env.timings["n_reset"] >= len(tasks) and env.timings["step_s"] > 0
 
 
 def test_invalid_action_off_path_limits_and_errors():

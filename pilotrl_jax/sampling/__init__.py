@@ -1,1 +1,8 @@
-"""pilotrl_jax.sampling."""
+"""Batched KV-cache sampling: the functional `generate` and the multi-turn `SamplerEngine`."""
+from pilotrl_jax.sampling.api import generate
+from pilotrl_jax.sampling.engine import STOP_REASONS, GenerationResult, SamplerEngine, trace_counts
+from pilotrl_jax.sampling.filters import filter_logits, sample_tokens
+from pilotrl_jax.sampling.stops import StopStrings
+
+__all__ = ["generate", "SamplerEngine", "GenerationResult", "STOP_REASONS", "trace_counts", "filter_logits",
+           "sample_tokens", "StopStrings"]

@@ -1,0 +1,423 @@
+"""A jitted KV-cache generation engine with multi-turn continuation (`SamplerEngine`).
+
+Life of an episode (the rollout loop's view)::
+
+    eng = SamplerEngine(config, params, max_batch=32, max_len=4096, tokenizer=tok,
+                        stop_token_ids=tok_eos_ids, stop_strings=("</action>", "</global_plan>"))
+    hs = eng.start(prompts)                      # list[list[int]] -> handles (ints); nothing runs yet
+    res = eng.generate(hs, max_new_tokens=256, temperature=1.0)   # -> [GenerationResult] per handle
+    eng.append(hs[:3], obs_token_lists)          # observation tokens for some episodes
+    res = eng.generate(hs[:3], 256, temperature=1.0)              # continues from the cached history
+    eng.release(hs)                              # rows are free for new episodes
+
+Design:
+- One KV cache [layers, max_batch, max_len, kv_heads, head_dim] holds every live episode in a row;
+  a token's key/value sits at slot == its position (`llama.forward_with_cache`). Every episode keeps
+  its full token list; all tokens but the last ("pending") are in the cache. `start`/`append` only
+  record tokens; the next `generate` pre-fills what is not cached yet (chunked), then feeds the
+  pending token and decodes. So history is pre-filled exactly once and a turn costs one prefill of
+  the new tokens plus the decode steps.
+- Static shapes: a call works on a sub-batch of B rows (B a power of two, >= the mesh batch size;
+  padding rows point past the cache and are masked) and a window of the first W cache slots (W a
+  power of two >= 64, at most max_len, covering the longest row plus max_new_tokens), so attention
+  reads only W slots. Prefill chunks have power-of-two lengths (16 .. prefill_chunk). A run compiles
+  a handful of times: `trace_counts()` counts traces per jitted function.
+- Decode runs on device in a `lax.while_loop` of up to `decode_chunk` steps that ends early when
+  every row is done. Stop strings are checked on the host between chunks (`stops.StopStrings`);
+  a chunk also ends once every running row sampled a token that could complete a stop string.
+  Tokens sampled past a stop string are dropped (their cache slots are overwritten later).
+- Randomness: the token at position p of an episode is drawn with fold_in(episode_key, p), so the
+  result does not depend on batch composition, buckets or chunking; episode keys come from the
+  engine seed and the episode number (or pass `seeds` to `start`). Deterministic given the seed.
+- Log-probs: `log_softmax(logits / T)[token]` (before top-k/top-p); greedy (T=0) reports T=1.
+- With `mesh`, params are placed with `llama.param_shardings` and the cache's batch dim is sharded
+  over (data, fsdp) by the rules in `pilotrl_jax.sharding`.
+- Cache buffers are donated to every jitted step (updated in place).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pilotrl_jax import sharding as sh
+from pilotrl_jax.models import llama
+from pilotrl_jax.models.config import LlamaConfig
+from pilotrl_jax.sampling import filters
+from pilotrl_jax.sampling.stops import StopStrings, check_stop_strings, trigger_table
+
+STOP_REASONS = ("running", "eos", "stop_string", "max_tokens", "cache_full")
+_RUNNING, _EOS, _STOP, _MAX, _FULL = range(5)
+CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+MIN_WINDOW = 64
+MIN_PREFILL = 16
+
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+def trace_counts() -> dict:
+    """How many times each jitted engine function was traced (≈ compiled) in this process."""
+    return dict(TRACE_COUNTS)
+
+
+def pow2_bucket(n: int, lo: int, hi: Optional[int] = None) -> int:
+    """The smallest power of two >= max(n, lo), capped at `hi`."""
+    b = max(lo, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+    return b if hi is None else min(b, hi)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """One row's output of a generate call: new token ids, their log-probs, and why it stopped."""
+
+    tokens: list
+    logprobs: list
+    stop_reason: str
+    handle: Optional[int] = None
+
+
+@dataclasses.dataclass
+class _Episode:
+    row: int
+    tokens: list
+    cached: int  # tokens[:cached] are in the KV cache
+    key: np.ndarray
+
+
+# ----------------------------------------------------------------------------- jitted kernels
+def _constrain(cache, mesh):
+    if mesh is None:
+        return cache
+    return jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(x, sh.named_sharding(mesh, CACHE_AXES, x.shape)), cache)
+
+
+@functools.partial(jax.jit, static_argnames=("window", "mesh"))
+def _gather(cache, rows, *, window, mesh):
+    """Rows `rows` (out-of-range → zeros) and the first `window` slots of the cache."""
+    TRACE_COUNTS["gather"] += 1
+    sub = jax.tree.map(lambda x: jnp.take(x[:, :, :window], rows, axis=1, mode="fill", fill_value=0), cache)
+    return _constrain(sub, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("cache",))
+def _scatter(cache, sub, rows, *, mesh):
+    """Write a sub-cache back into its rows (out-of-range rows dropped)."""
+    TRACE_COUNTS["scatter"] += 1
+    W = sub["k"].shape[2]
+    out = jax.tree.map(lambda x, s: x.at[:, rows, :W].set(s, mode="drop"), cache, sub)
+    return _constrain(out, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mesh"), donate_argnames=("cache",))
+def _prefill(config, params, cache, ids, pos, *, mesh):
+    """Write the keys/values of tokens `ids` [B, C] at `pos` [B, C] into the cache."""
+    TRACE_COUNTS["prefill"] += 1
+    _, cache = llama.forward_with_cache(config, params, ids, pos, cache)
+    return _constrain(cache, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mode", "chunk", "mesh"), donate_argnames=("cache",))
+def _decode(config, params, cache, state, stop_table, trigger, sampling, n_steps, max_len, *, mode, chunk, mesh):
+    """Up to `n_steps` (<= chunk) decode steps: feed each row's pending token, sample the next one."""
+    TRACE_COUNTS["decode"] += 1
+    B = state["tok"].shape[0]
+    W = cache["k"].shape[2]
+    temperature, top_k, top_p = sampling
+
+    def cond(c):
+        i, _, st, _, _, hit = c
+        return (i < n_steps) & ~jnp.all(st["done"] | hit)
+
+    def body(c):
+        i, cache, st, out_tok, out_lp, hit = c
+        active = ~st["done"]
+        feed_pos = jnp.where(active, st["pos"], W)  # done rows write nothing (out of the window)
+        logits, cache = llama.forward_with_cache(config, params, st["tok"][:, None], feed_pos[:, None], cache)
+        cache = _constrain(cache, mesh)
+        new_pos = st["pos"] + 1
+        keys = jax.vmap(jax.random.fold_in)(st["keys"], new_pos)
+        tok, lp = filters.sample_tokens(logits[:, 0], keys, temperature, top_k, top_p, mode)
+        out_tok = out_tok.at[:, i].set(jnp.where(active, tok, -1))
+        out_lp = out_lp.at[:, i].set(jnp.where(active, lp, 0.0))
+        n_new = st["n_new"] + active.astype(jnp.int32)
+        is_eos, is_max, is_full = stop_table[tok], n_new >= st["limit"], new_pos >= max_len - 1
+        reason = jnp.where(is_eos, _EOS, jnp.where(is_max, _MAX, jnp.where(is_full, _FULL, _RUNNING)))
+        reason = jnp.where(active, reason, st["reason"])
+        st = dict(st, tok=jnp.where(active, tok, st["tok"]), pos=jnp.where(active, new_pos, st["pos"]),
+                  n_new=n_new, reason=reason, done=st["done"] | (reason != _RUNNING))
+        hit = hit | (active & trigger[tok])
+        return i + 1, cache, st, out_tok, out_lp, hit
+
+    init = (jnp.int32(0), cache, state, jnp.full((B, chunk), -1, jnp.int32), jnp.zeros((B, chunk), jnp.float32),
+            jnp.zeros((B,), bool))
+    i, cache, state, out_tok, out_lp, _ = jax.lax.while_loop(cond, body, init)
+    return cache, state, out_tok, out_lp
+
+
+# ----------------------------------------------------------------------------- the engine
+class SamplerEngine:
+    """Stateful batched sampler: per-episode KV cache rows, chunked prefill, on-device decode loop."""
+
+    def __init__(self, config: LlamaConfig, params, max_batch: int = 8, max_len: int = 2048, *,
+                 mesh=None, seed: int = 0, tokenizer: Any = None, stop_token_ids: Sequence[int] = (),
+                 stop_strings: Sequence[str] = (), prefill_chunk: int = 256, decode_chunk: int = 64,
+                 cache_dtype: Optional[str] = None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}; expected >= 1 (episodes held at once)")
+        if max_len < 2:
+            raise ValueError(f"max_len={max_len}; expected >= 2 (cache slots per episode)")
+        if prefill_chunk < MIN_PREFILL or decode_chunk < 1:
+            raise ValueError(f"prefill_chunk={prefill_chunk}, decode_chunk={decode_chunk}; expected "
+                             f"prefill_chunk >= {MIN_PREFILL} and decode_chunk >= 1")
+        self.config = config
+        self.mesh = mesh
+        self.max_len = int(max_len)
+        self.seed = int(seed)
+        self.tokenizer = tokenizer
+        self.prefill_chunk = pow2_bucket(prefill_chunk, MIN_PREFILL)
+        self.decode_chunk = int(decode_chunk)
+        self.min_batch = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
+        self.max_batch = int(max_batch)
+        self.stop_token_ids = self._check_stop_ids(stop_token_ids)
+        self.stop_strings = check_stop_strings(stop_strings, tokenizer)
+        if mesh is not None:
+            params = jax.device_put(params, llama.param_shardings(config, mesh))
+        self.params = params
+        shape = (config.num_layers, self.max_batch, self.max_len, config.num_kv_heads, config.head_dim)
+        dt = llama.dtype_of(cache_dtype or config.dtype)
+        make = lambda: {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+        if mesh is None:
+            self.cache = make()
+        else:
+            s = sh.named_sharding(mesh, CACHE_AXES, shape)
+            self.cache = jax.jit(make, out_shardings={"k": s, "v": s})()
+        self._eps: dict[int, _Episode] = {}
+        self._free = list(range(self.max_batch))
+        self._next_id = 0
+        self.stats = collections.Counter()
+
+    # ------------------------------------------------------------------ validation helpers
+    def _check_stop_ids(self, ids) -> tuple:
+        if isinstance(ids, (int, np.integer)):
+            ids = (int(ids),)
+        out = tuple(int(i) for i in (ids or ()))
+        bad = [i for i in out if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"stop_token_ids {bad} are outside the vocabulary [0, {self.config.vocab_size}); "
+                             "pass ids the model can emit (e.g. tokenizer.eos_token_id)")
+        return out
+
+    def _check_tokens(self, what: str, toks) -> list:
+        try:
+            out = [int(t) for t in toks]
+        except (TypeError, ValueError):
+            raise TypeError(f"{what} must be a list of int token ids, got {type(toks).__name__}") from None
+        bad = [t for t in out if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"{what} has token ids {bad[:5]} outside the vocabulary [0, {self.config.vocab_size})")
+        return out
+
+    def _ep(self, h) -> _Episode:
+        if h not in self._eps:
+            raise KeyError(f"handle {h!r} is not a live episode (released, or never returned by start())")
+        return self._eps[h]
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def num_free(self) -> int:
+        """Rows available for new episodes."""
+        return len(self._free)
+
+    def tokens(self, handle: int) -> list:
+        """The episode's full token sequence so far (prompt, generations, appended tokens)."""
+        return list(self._ep(handle).tokens)
+
+    def start(self, prompts: Sequence[Sequence[int]], seeds: Optional[Sequence[int]] = None) -> list:
+        """Open one episode per prompt (token ids) and return their handles; prefill happens lazily."""
+        if isinstance(prompts, (str, bytes)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
+            raise TypeError("prompts must be a list of token-id lists, e.g. [[1, 5, 9], [1, 7]]")
+        prompts = [self._check_tokens(f"prompts[{i}]", p) for i, p in enumerate(prompts)]
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompts[{i}] is empty; a prompt needs at least one token (e.g. the BOS id)")
+            if len(p) >= self.max_len:
+                raise ValueError(f"prompts[{i}] has {len(p)} tokens but the cache holds max_len={self.max_len} "
+                                 "(and generation needs room); shorten the prompt or raise max_len")
+        if len(prompts) > len(self._free):
+            raise ValueError(f"start() got {len(prompts)} prompts but only {len(self._free)} of max_batch="
+                             f"{self.max_batch} rows are free; release() finished episodes or raise max_batch")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts; give one per prompt")
+        handles = []
+        base = jax.random.PRNGKey(self.seed)
+        for i, p in enumerate(prompts):
+            h = self._next_id
+            self._next_id += 1
+            key = jax.random.PRNGKey(seeds[i]) if seeds is not None else jax.random.fold_in(base, h)
+            self._eps[h] = _Episode(row=self._free.pop(0), tokens=p, cached=0, key=np.asarray(key, np.uint32))
+            handles.append(h)
+        return handles
+
+    def append(self, handles: Sequence[int], token_lists: Sequence[Sequence[int]]) -> None:
+        """Add tokens (e.g. an observation) to episodes; they are pre-filled by the next generate."""
+        if len(handles) != len(token_lists):
+            raise ValueError(f"append got {len(handles)} handles and {len(token_lists)} token lists; pair them up")
+        checked = []
+        for h, toks in zip(handles, token_lists):
+            ep = self._ep(h)
+            toks = self._check_tokens(f"token list for handle {h}", toks)
+            if len(ep.tokens) + len(toks) > self.max_len:
+                raise ValueError(f"append would make episode {h} {len(ep.tokens) + len(toks)} tokens long; "
+                                 f"max_len={self.max_len}; release the episode or raise max_len")
+            checked.append((ep, toks))
+        for ep, toks in checked:
+            ep.tokens.extend(toks)
+
+    def release(self, handles: Sequence[int]) -> None:
+        """Finish episodes and free their rows for new ones."""
+        for h in handles:
+            ep = self._ep(h)
+            del self._eps[h]
+            self._free.append(ep.row)
+        self._free.sort()
+
+    def generate(self, handles: Sequence[int], max_new_tokens: Union[int, Sequence[int]], temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, stop_token_ids: Optional[Sequence[int]] = None,
+                 stop_strings: Optional[Sequence[str]] = None) -> list:
+        """Continue every episode in `handles`; returns one GenerationResult per handle, in order.
+
+        The new tokens are added to the episodes. Stop ids/strings default to the engine's.
+        """
+        handles = list(handles)
+        if len(set(handles)) != len(handles):
+            raise ValueError(f"generate got duplicate handles {handles}; pass each episode once")
+        eps = [self._ep(h) for h in handles]
+        if not eps:
+            return []
+        filters.check_settings(temperature, top_k, top_p)
+        limits = ([int(max_new_tokens)] * len(eps) if isinstance(max_new_tokens, (int, np.integer))
+                  else [int(m) for m in max_new_tokens])
+        if len(limits) != len(eps) or min(limits) < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}; expected an int >= 1 or one per handle")
+        stop_ids = self.stop_token_ids if stop_token_ids is None else self._check_stop_ids(stop_token_ids)
+        strings = self.stop_strings if stop_strings is None else check_stop_strings(stop_strings, self.tokenizer)
+        V = self.config.vocab_size
+        stop_table = np.zeros(V, bool)
+        stop_table[list(stop_ids)] = True
+        checker = StopStrings(self.tokenizer, strings) if strings else None
+        trigger = (trigger_table(self.tokenizer, strings, V) if strings else np.zeros(V, bool))
+        mode = filters.mode_for(temperature, top_k, top_p)
+
+        # Sub-batch layout: slot s of the B-row sub-batch holds cache row rows[s] (>= max_batch: padding).
+        n = len(eps)
+        B = pow2_bucket(n, self.min_batch)
+        need = max(len(ep.tokens) + lim for ep, lim in zip(eps, limits))
+        W = pow2_bucket(need, MIN_WINDOW, self.max_len)
+        whole = B == self.max_batch and W == self.max_len
+        if whole:  # the call spans the whole cache: use it in place, rows in their own order
+            rows = np.arange(B)
+            slots = [ep.row for ep in eps]
+        else:
+            rows = np.full(B, self.max_batch, np.int32)
+            slots = list(range(n))
+            rows[:n] = [ep.row for ep in eps]
+        rows = jnp.asarray(rows, jnp.int32)
+        cache, self.cache = self.cache, None
+        try:
+            sub = cache if whole else _gather(cache, rows, window=W, mesh=self.mesh)
+            sub = self._prefill_pending(sub, eps, slots, B, W)
+            sub, results = self._decode_loop(sub, eps, slots, limits, B, W, stop_table, trigger, checker,
+                                             (temperature, top_k, top_p), mode)
+            cache = sub if whole else _scatter(cache, sub, rows, mesh=self.mesh)
+        finally:
+            self.cache = cache
+        for h, r in zip(handles, results):
+            r.handle = h
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _prefill_pending(self, sub, eps, slots, B, W):
+        """Chunked prefill of every episode's uncached tokens except the pending last one."""
+        feeds = [ep.tokens[ep.cached:len(ep.tokens) - 1] for ep in eps]
+        longest = max(len(f) for f in feeds)
+        if longest == 0:
+            return sub
+        C = pow2_bucket(longest, MIN_PREFILL, self.prefill_chunk)
+        for j in range(0, longest, C):
+            ids = np.zeros((B, C), np.int32)
+            pos = np.full((B, C), W, np.int32)  # padding rows write nothing
+            for ep, s, f in zip(eps, slots, feeds):
+                piece = f[j:j + C]
+                ids[s, :len(piece)] = piece
+                # padding after a row's real tokens sits at later positions: overwritten before it is read
+                pos[s] = ep.cached + j + np.arange(C)
+            sub = _prefill(self.config, self.params, sub, jnp.asarray(ids), jnp.asarray(pos), mesh=self.mesh)
+        for ep, f in zip(eps, feeds):
+            ep.cached += len(f)
+            self.stats["prefill_tokens"] += len(f)
+        return sub
+
+    def _decode_loop(self, sub, eps, slots, limits, B, W, stop_table, trigger, checker, sampling, mode):
+        """Run decode chunks until every row is done; apply stop strings on the host between chunks."""
+        n = len(eps)
+        slots = np.asarray(slots)
+        tok = np.zeros(B, np.int32)
+        pos = np.full(B, W, np.int32)
+        done = np.ones(B, bool)
+        reason = np.full(B, _RUNNING, np.int32)
+        limit = np.ones(B, np.int32)
+        keys = np.zeros((B, 2), np.uint32)
+        for ep, s, lim in zip(eps, slots, limits):
+            tok[s], pos[s], limit[s], keys[s] = ep.tokens[-1], len(ep.tokens) - 1, lim, ep.key
+            if pos[s] >= self.max_len - 1:
+                reason[s] = _FULL
+            else:
+                done[s] = False
+        gen = [[] for _ in range(n)]
+        lps = [[] for _ in range(n)]
+        fed = [0] * n
+        dev_sampling = (jnp.float32(sampling[0] if sampling[0] > 0 else 1.0), jnp.int32(sampling[1]),
+                        jnp.float32(sampling[2]))
+        stop_table, trigger = jnp.asarray(stop_table), jnp.asarray(trigger)
+        n_new = np.zeros(B, np.int32)
+        while not done[slots].all():
+            steps = min(self.decode_chunk, int(max(limit[s] - n_new[s] for s in slots if not done[s])))
+            state = dict(tok=tok, pos=pos, done=done, reason=reason, n_new=n_new, limit=limit, keys=keys)
+            state = {k: jnp.asarray(v) for k, v in state.items()}
+            sub, state, out_tok, out_lp = _decode(
+                self.config, self.params, sub, state, stop_table, trigger, dev_sampling, jnp.int32(steps),
+                jnp.int32(self.max_len), mode=mode, chunk=self.decode_chunk, mesh=self.mesh)
+            st = jax.device_get(state)
+            out_tok, out_lp = np.asarray(out_tok), np.asarray(out_lp)
+            tok, pos, done, reason, n_new = (np.array(st[k]) for k in ("tok", "pos", "done", "reason", "n_new"))
+            for i, s in enumerate(slots):
+                got = out_tok[s] >= 0
+                if not got.any():
+                    continue
+                start = len(gen[i])
+                gen[i].extend(out_tok[s][got].tolist())
+                lps[i].extend(out_lp[s][got].tolist())
+                fed[i] = len(gen[i])
+                if checker is None:
+                    continue
+                k = checker.find(gen[i], start)
+                if k is not None:
+                    del gen[i][k + 1:], lps[i][k + 1:]
+                    ep = eps[i]
+                    done[s], reason[s] = True, _STOP
+                    tok[s], pos[s], n_new[s] = gen[i][-1], len(ep.tokens) - 1 + len(gen[i]), len(gen[i])
+        results = []
+        for i, (ep, s) in enumerate(zip(eps, slots)):
+            ep.tokens.extend(gen[i])
+            ep.cached = len(ep.tokens) - 1
+            self.stats["decode_tokens"] += len(gen[i])
+            self.stats["overshoot_tokens"] += fed[i] - len(gen[i])
+            results.append(GenerationResult(tokens=gen[i], logprobs=lps[i], stop_reason=STOP_REASONS[reason[s]]))
+        return sub, results

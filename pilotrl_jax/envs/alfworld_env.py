@@ -20,6 +20,7 @@ import copy
 import hashlib
 import os
 import re
+import sys
 import time
 from typing import Sequence
 
@@ -81,7 +82,11 @@ def install_engine_speedups() -> None:
 
     def cached_pddl2sas(domain, problem, verbose=False, optimize=False):
         key = (hashlib.sha1(domain.encode()).hexdigest(), hashlib.sha1(problem.encode()).hexdigest(), optimize)
-        return sas_cache.get_or(key, lambda: pddl2sas(domain, problem, verbose=verbose, optimize=optimize))
+        argv = sys.argv  # fast_downward's pddl2sas overwrites sys.argv; give it back
+        try:
+            return sas_cache.get_or(key, lambda: pddl2sas(domain, problem, verbose=verbose, optimize=optimize))
+        finally:
+            sys.argv = argv
 
     class _FastDownward:
         """fast_downward as textworld's PDDL logic sees it, with a memoized pddl2sas."""

@@ -382,10 +382,11 @@ def _split_layouts(rng, n_tasks, task_types, exclude: set) -> list[Layout]:
     # weight of a room: how much of the type mix it can host
     weights = {r.name: sum(1.0 / sum(_room_supports(q, t) for q in rooms) for t in task_types
                            if _room_supports(r, t)) for r in rooms}
-    plan = []
-    for t in task_types:  # one supporting room per type first
-        plan.append(rng.choice([r.name for r in rooms if _room_supports(r, t)]))
     names = sorted(weights)
+    plan = list(names) if n_layouts >= len(names) else []  # every usable room once
+    for t in task_types:  # then make sure each type has a room that hosts it
+        if not any(_room_supports(ROOMS[r], t) for r in plan):
+            plan.append(rng.choice([r.name for r in rooms if _room_supports(r, t)]))
     while len(plan) < n_layouts:
         plan.append(rng.choices(names, weights=[weights[n] for n in names])[0])
     layouts, seen = [], set(exclude)

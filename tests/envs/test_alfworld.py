@@ -1,0 +1,271 @@
+"""ALFWorld on its real engine: generated games, the TextEnv protocol, the planner expert, plan steps."""
+import json
+import os
+import random
+
+import pytest
+
+pytest.importorskip("alfworld")
+pytest.importorskip("textworld")
+
+from pilotrl_jax.envs.alfworld_env import AlfWorldEnv, expert_plan_steps  # noqa: E402
+from pilotrl_jax.envs.alfworld_gen import TASK_TYPES, generate_tasks, load_manifest  # noqa: E402
+from pilotrl_jax.envs.base import Task, TextEnv  # noqa: E402
+
+N_TRAIN, N_HELDOUT = 36, 18
+
+
+@pytest.fixture(scope="module")
+def games(tmp_path_factory):
+    """A small generated data set shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("alfworld_games")
+    return out, generate_tasks(str(out), N_TRAIN, N_HELDOUT, seed=0)
+
+
+@pytest.fixture(scope="module")
+def env():
+    """One engine reused across tests (like a rollout worker)."""
+    e = AlfWorldEnv()
+    yield e
+    e.close()
+
+
+def _records(out):
+    """Manifest records without absolute paths."""
+    return load_manifest(str(out))["tasks"]
+
+
+def _sample(tasks, per_type, seed=0):
+    """per_type tasks of each type, chosen reproducibly."""
+    rng = random.Random(seed)
+    out = []
+    for tt in TASK_TYPES:
+        of_type = [t for t in tasks if t.task_type == tt]
+        out += rng.sample(of_type, min(per_type, len(of_type)))
+    return out
+
+
+# -- generator ------------------------------------------------------------------------------
+def test_generator_is_deterministic_and_seed_dependent(games, tmp_path):
+    out, tasks = games
+    again = generate_tasks(str(tmp_path / "a"), N_TRAIN, N_HELDOUT, seed=0)
+    assert _records(tmp_path / "a") == _records(out)
+    t0, t1 = tasks["train"][5], again["train"][5]
+    for name in ("initial_state.pddl", "traj_data.json", "game.tw-pddl"):
+        with open(os.path.join(t0.payload["game_dir"], name)) as f0, open(os.path.join(t1.payload["game_dir"], name)) as f1:
+            assert f0.read() == f1.read(), name
+    other = generate_tasks(str(tmp_path / "b"), N_TRAIN, N_HELDOUT, seed=1)
+    assert [t.payload["goal"] for t in other["train"]] != [t.payload["goal"] for t in tasks["train"]]
+
+
+def test_generation_is_cached_and_idempotent(games):
+    out, tasks = games
+    game = tasks["train"][0].payload["game_file"]
+    mtime = os.stat(game).st_mtime_ns
+    again = generate_tasks(str(out), N_TRAIN, N_HELDOUT, seed=0)
+    assert again == tasks
+    assert os.stat(game).st_mtime_ns == mtime
+
+
+def test_regenerating_with_other_config_replaces_old_games(tmp_path):
+    first = generate_tasks(str(tmp_path), 12, 6, seed=0)
+    second = generate_tasks(str(tmp_path), 8, 0, seed=3)
+    assert len(second["train"]) == 8 and second["heldout"] == []
+    stale = {t.payload["game_dir"] for ts in first.values() for t in ts} - {t.payload["game_dir"] for t in second["train"]}
+    assert stale and not any(os.path.exists(d) for d in stale)
+
+
+def test_heldout_shares_no_layout_or_layout_goal_pair_with_train(games):
+    out, tasks = games
+    recs = _records(out)
+    train_layouts = {r["layout"] for r in recs["train"]}
+    held_layouts = {r["layout"] for r in recs["heldout"]}
+    assert held_layouts and not (train_layouts & held_layouts)
+    pairs = lambda split: {(r["layout"], tuple(r["goal_key"])) for r in recs[split]}  # noqa: E731
+    assert not (pairs("train") & pairs("heldout"))
+    assert len(pairs("train")) == N_TRAIN  # no duplicate (layout, goal) inside a split either
+
+    def signature(t):
+        with open(os.path.join(t.payload["game_dir"], "traj_data.json")) as f:
+            return json.dumps(json.load(f)["scene"]["layout"])
+    assert not ({signature(t) for t in tasks["train"]} & {signature(t) for t in tasks["heldout"]})
+
+
+def test_all_six_task_types_and_varied_layouts(games):
+    _, tasks = games
+    for split in ("train", "heldout"):
+        assert {t.task_type for t in tasks[split]} == set(TASK_TYPES)
+        assert all(t.env == "alfworld" and t.split == split for t in tasks[split])
+    assert len({t.payload["room"] for t in tasks["train"]}) == 4
+    assert len({t.payload["layout"] for t in tasks["train"]}) >= N_TRAIN // 6
+    assert len({t.task_id for t in tasks["train"] + tasks["heldout"]}) == N_TRAIN + N_HELDOUT
+
+
+def test_task_type_filter_and_bad_inputs(tmp_path):
+    only = generate_tasks(str(tmp_path / "h"), 6, 2, seed=0, task_types=["pick_heat_then_place_in_recep"])
+    assert {t.task_type for ts in only.values() for t in ts} == {"pick_heat_then_place_in_recep"}
+    assert {t.payload["room"] for t in only["train"]} == {"kitchen"}
+    with pytest.raises(ValueError, match="task_types"):
+        generate_tasks(str(tmp_path / "x"), 4, 2, seed=0, task_types=["pick_and_fly"])
+    with pytest.raises(ValueError, match="n_train"):
+        generate_tasks(str(tmp_path / "x"), -1, 2, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        generate_tasks(str(tmp_path / "x"), 1, 2, seed="0")
+
+
+def test_game_directories_have_what_alfworld_loads(games):
+    out, tasks = games
+    task = next(t for t in tasks["train"] if t.task_type == "pick_clean_then_place_in_recep")
+    d = task.payload["game_dir"]
+    with open(os.path.join(d, "traj_data.json")) as f:
+        traj = json.load(f)
+    assert traj["task_type"] == task.task_type
+    assert set(traj["pddl_params"]) >= {"object_target", "parent_target", "toggle_target", "mrecep_target", "object_sliced"}
+    with open(os.path.join(d, "game.tw-pddl")) as f:
+        game = json.load(f)
+    assert game["solvable"] is True and "(define (domain alfred)" in game["pddl_domain"]
+    assert f"Your task is to: {task.payload['goal']}." in game["grammar"] and "UNKNOWN GOAL" not in game["grammar"]
+    with open(os.path.join(d, "initial_state.pddl")) as f:
+        assert f.read() == game["pddl_problem"]
+    # ALFWorld's own game collector accepts the directory tree
+    from alfworld.agents.environment.alfred_tw_env import AlfredTWEnv
+
+    config = {"env": {"goal_desc_human_anns_prob": 0, "task_types": [1, 2, 3, 4, 5, 6]},
+              "dataset": {"data_path": os.path.join(str(out), "train"), "num_train_games": -1}}
+    found = AlfredTWEnv(config, train_eval="train").game_files
+    assert sorted(os.path.abspath(p) for p in found) == sorted(t.payload["game_file"] for t in tasks["train"])
+
+
+# -- environment -----------------------------------------------------------------------------
+def test_env_implements_protocol_and_reset_shows_goal(games, env):
+    _, tasks = games
+    assert isinstance(env, TextEnv)
+    task = tasks["heldout"][0]
+    obs, info = env.reset(task)
+    assert "You are in the middle of a room" in obs and f"Your task is to: {task.payload['goal']}." in obs
+    assert "Welcome to TextWorld" not in obs
+    assert info["won"] is False and info["score"] == 0.0
+    assert any(a.startswith("go to ") for a in info["admissible_actions"])
+    assert "look" in info["admissible_actions"]
+
+
+def test_expert_solves_generated_tasks_of_every_type(games, env):
+    _, tasks = games
+    sample = _sample(tasks["train"], 3) + _sample(tasks["heldout"], 1, seed=1)
+    assert {t.task_type for t in sample} == set(TASK_TYPES) and len(sample) >= 20
+    for task in sample:
+        env.reset(task)
+        plan = env.expert_actions()
+        assert plan, task.task_id
+        _check_plan_steps(task, plan)
+        for i, action in enumerate(plan):
+            res = env.step(action)
+            assert res.observation != "Nothing happens.", (task.task_id, action)
+            last = i == len(plan) - 1
+            assert res.info["won"] is last and res.done is last, (task.task_id, i, plan)
+        assert res.reward == 1.0 and res.info["score"] == 1.0
+        assert env.expert_actions() == []
+
+
+_VERBS = {"pick_heat_then_place_in_recep": "Heat", "pick_cool_then_place_in_recep": "Cool",
+          "pick_clean_then_place_in_recep": "Clean", "look_at_obj_in_light": "turn on"}
+
+
+def _check_plan_steps(task, plan):
+    """expert_plan_steps on a real expert plan: short, sentence-like, naming the task's actions."""
+    steps = expert_plan_steps(plan)
+    obj = task.payload["pddl_params"]["object_target"].lower()
+    assert 2 <= len(steps) <= len(plan), (plan, steps)
+    assert all(s[0].isupper() and s.endswith(".") and not s.lower().startswith("step") for s in steps)
+    assert any(f"take the {obj}." in s for s in steps), steps
+    if task.task_type in _VERBS:
+        assert any(_VERBS[task.task_type] in s for s in steps), steps
+    if task.task_type == "pick_two_obj_and_place":
+        assert sum("take" in s for s in steps) == 2 and any("another" in s for s in steps), steps
+
+
+def test_expert_replans_from_a_perturbed_state(games, env):
+    _, tasks = games
+    rng = random.Random(0)
+    for task in _sample(tasks["heldout"], 1, seed=2):
+        _, info = env.reset(task)
+        # wander: go somewhere, pick up whatever is there (often a distractor), maybe open things
+        for _ in range(4):
+            acts = [a for a in info["admissible_actions"] if a.split()[0] in ("go", "take", "open")]
+            info = env.step(rng.choice(acts)).info
+        if info["won"]:
+            continue
+        plan = env.expert_actions()
+        assert plan, task.task_id
+        for action in plan:
+            res = env.step(action)
+        assert res.info["won"], (task.task_id, plan)
+
+
+def test_invalid_actions_get_the_engine_answer(games, env):
+    _, tasks = games
+    env.reset(tasks["train"][0])
+    for bad in ("fly to the moon", "take unicorn 1 from countertop 1", "", "go to nowhere 7", None):
+        res = env.step(bad)
+        assert res.observation == "Nothing happens."
+        assert res.reward == 0.0 and res.done is False
+        assert res.info["won"] is False and res.info["score"] == 0.0
+    assert res.info["steps"] == 5
+
+
+def test_command_normalization_and_put_alias(games, env):
+    _, tasks = games
+    task = next(t for t in tasks["train"] if t.task_type == "pick_and_place_simple")
+    env.reset(task)
+    plan = env.expert_actions()
+    assert plan[-1].startswith("move ")
+    for action in plan[:-1]:
+        env.step("  " + action.upper() + ". ")
+    obj, recep = plan[-1][len("move "):].split(" to ")
+    res = env.step(f"put {obj} in/on {recep}")
+    assert res.info["won"] and res.reward == 1.0 and res.done
+
+
+def test_max_steps_truncates(games):
+    _, tasks = games
+    e = AlfWorldEnv(max_steps=2)
+    try:
+        e.reset(tasks["train"][1])
+        assert e.step("look").done is False
+        res = e.step("look")
+        assert res.done and res.info["truncated"] and not res.info["won"]
+    finally:
+        e.close()
+
+
+def test_reset_rejects_bad_tasks(env, tmp_path):
+    with pytest.raises(ValueError, match="env='alfworld'"):
+        env.reset(Task(env="scienceworld", task_id="x"))
+    with pytest.raises(FileNotFoundError, match="alfworld_gen"):
+        env.reset(Task(env="alfworld", task_id="x", payload={"game_file": str(tmp_path / "none.tw-pddl")}))
+    with pytest.raises(ValueError, match="max_steps"):
+        AlfWorldEnv(max_steps=0)
+    with pytest.raises(RuntimeError, match="before reset"):
+        AlfWorldEnv().step("look")
+
+
+# -- plan steps --------------------------------------------------------------------------------
+def test_expert_plan_steps_heat():
+    steps = expert_plan_steps([
+        "go to countertop 1", "take apple 1 from countertop 1", "go to microwave 1",
+        "heat apple 1 with microwave 1", "go to fridge 1", "open fridge 1", "move apple 1 to fridge 1"])
+    assert steps == ["Go to countertop 1 and take the apple.", "Heat the apple with microwave 1.",
+                     "Open fridge 1 and put the apple in/on it."]
+
+
+def test_expert_plan_steps_two_objects_light_and_open():
+    steps = expert_plan_steps([
+        "go to drawer 2", "open drawer 2", "take cd 3 from drawer 2", "go to safe 1", "open safe 1",
+        "move cd 3 to safe 1", "go to shelf 1", "take cd 1 from shelf 1", "go to safe 1", "move cd 1 to safe 1"])
+    assert steps == ["Go to drawer 2, open it, and take the cd.", "Open safe 1 and put the cd in/on it.",
+                     "Go to shelf 1 and take another cd.", "Put the cd in/on safe 1."]
+    light = expert_plan_steps(["go to bed 1", "take book 2 from bed 1", "go to sidetable 1", "use desklamp 1"])
+    assert light == ["Go to bed 1 and take the book.", "Go to sidetable 1 and turn on the desklamp to look at the book."]
+    assert all(not s.lower().startswith("step") for s in steps + light)
+    with pytest.raises(ValueError, match="list of commands"):
+        expert_plan_steps("go to bed 1")

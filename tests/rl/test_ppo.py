@@ -205,3 +205,27 @@ def test_bandit_reward_rises(estimator):
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     print(estimator, [round(r, 2) for r in rewards])
     assert first < 0.15 and last > 0.6, (first, last)  # from ~1/64 per token
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="use_critic"):
+        ppo.PPOConfig(advantage_estimator="gae")
+    with pytest.raises(ValueError, match="loss_agg_mode"):
+        ppo.PPOConfig(loss_agg_mode="mean")
+    with pytest.raises(ValueError, match="total_steps"):
+        ppo.PPOConfig(lr_schedule="cosine")
+    cfg = ppo.PPOConfig(lr=1.0, lr_schedule="linear", warmup_steps=2, total_steps=6)
+    sched = ppo.lr_schedule(cfg.lr, cfg)
+    np.testing.assert_allclose([float(sched(i)) for i in range(7)], [0, 0.5, 1, 0.75, 0.5, 0.25, 0], atol=1e-6)
+    d = ppo.PPOConfig()
+    assert (d.clip_eps_low, d.clip_eps_high, d.dual_clip, d.loss_agg_mode, d.kl_coef, d.entropy_coef, d.lr,
+            d.max_grad_norm) == (0.2, 0.2, 3.0, "token-mean", 0.0, 0.0, 1e-6, 1.0)
+
+
+def test_step_rejects_bad_batch(grpo_setup):
+    cfg, fns, state = grpo_setup
+    batch = dict(fns.prepare(state, _rollout(seed=0)))
+    with pytest.raises(ValueError, match="old_logprobs"):
+        fns.step(state, {k: v for k, v in batch.items() if k != "old_logprobs"})
+    with pytest.raises(ValueError, match="divisible"):
+        fns.step(state, {k: v[:7] for k, v in batch.items()})

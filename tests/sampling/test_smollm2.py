@@ -1,0 +1,64 @@
+"""SmolLM2-135M-Instruct: greedy generation (and a continuation turn) equals transformers token for token."""
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from pilotrl_jax.models import hf_io
+from pilotrl_jax.models.smollm2 import ensure_smollm2_hf
+from pilotrl_jax.sampling import SamplerEngine, StopStrings
+from pilotrl_jax.sampling.stops import trigger_table
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """(torch model, tokenizer, our config, our params) of SmolLM2-135M-Instruct."""
+    path = ensure_smollm2_hf()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    config, params = hf_io.load_hf(path, scan_layers=True)
+    return model, tok, config, params
+
+
+def _hf_greedy(model, prompt, n):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=2)
+    return out[0, len(prompt):].tolist()
+
+
+def test_greedy_and_continuation_match_transformers(smol):
+    model, tok, config, params = smol
+    msgs = [{"role": "system", "content": "You are a helpful household agent."},
+            {"role": "user", "content": "You are in a kitchen. Your task: put a clean mug in the coffee machine. "
+                                        "Write a short plan."}]
+    prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    eng = SamplerEngine(config, params, max_batch=2, max_len=256)
+    (h,) = eng.start([prompt])
+    r = eng.generate([h], 36)[0]
+    assert r.stop_reason == "max_tokens"
+    assert r.tokens == _hf_greedy(model, prompt, 36)
+    obs = tok.encode("<|im_end|>\n<|im_start|>user\nObservation: the mug is dirty.<|im_end|>\n"
+                     "<|im_start|>assistant\n", add_special_tokens=False)
+    eng.append([h], [obs])
+    r2 = eng.generate([h], 16)[0]
+    assert r2.tokens == _hf_greedy(model, prompt + r.tokens + obs, 16)
+    assert eng.stats["prefill_tokens"] + eng.stats["decode_tokens"] == len(eng.tokens(h)) - 1
+
+
+def test_stop_string_detection_with_real_tokenizer(smol):
+    _, tok, config, _ = smol
+    text = "<thought>I should open it.</thought><action>open fridge 1</action>\nObservation"
+    ids = tok.encode(text, add_special_tokens=False)
+    st = StopStrings(tok, ["</action>", "</global_plan>"])
+    k = st.find(ids, 0)
+    assert k is not None
+    assert "</action>" in tok.decode(ids[:k + 1]) and "</action>" not in tok.decode(ids[:k])
+    assert tok.decode(ids[:k + 1]).rstrip("\n").endswith("</action>")
+    for start in range(1, k + 1):  # chunk boundaries anywhere before the completing token
+        assert st.find(ids, start) == k
+    assert trigger_table(tok, ("</action>", "</global_plan>"), config.vocab_size)[ids[k]]

@@ -223,7 +223,7 @@ class AlfWorldEnv:
 
         Kept: every instance of the target/toggle object types and the held object; receptacles
         that hold them, of the goal's receptacle type, the task's appliance, and where the agent
-        stands (all receptacles if it holds something unrelated, so it can put it down).
+        stands (plus one receptacle that can take a held unrelated object, if none of those can).
         Removed objects and receptacles never enable an action, so a plan here runs in the game.
         """
         st = inner._pddl_state
@@ -246,8 +246,16 @@ class AlfWorldEnv:
         for name, args in facts:
             if name == "inreceptacle" and args[0] in objs:
                 keep_r.add(args[1])
-            elif name == "receptacleatlocation" and (args[1] in keep_l or stray):
+            elif name == "receptacleatlocation" and args[1] in keep_l:
                 keep_r.add(args[0])
+        if stray:  # somewhere to put the unrelated object down, if no kept receptacle can hold it
+            otype = {a[0]: a[1] for n, a in facts if n == "objecttype"}
+            rtype = {a[0]: a[1] for n, a in facts if n == "receptacletype"}
+            holds = {(a[0], a[1]) for n, a in facts if n == "cancontain"}
+            for obj in sorted(stray):
+                fits = sorted(r for r, t in rtype.items() if (t, otype.get(obj)) in holds)
+                if fits and not keep_r.intersection(fits):
+                    keep_r.add(fits[0])
         for name, args in facts:
             if name == "receptacleatlocation" and args[0] in keep_r:
                 keep_l.add(args[1])

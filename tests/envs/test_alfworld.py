@@ -202,6 +202,30 @@ def test_expert_replans_from_a_perturbed_state(games, env):
         assert res.info["won"], (task.task_id, plan)
 
 
+def test_expert_puts_down_an_unrelated_held_object(games, env):
+    _, tasks = games
+    kitchen = [t for t in tasks["train"] if t.payload["room"] == "kitchen"]  # the largest rooms
+    task = next((t for t in kitchen if t.task_type == "pick_two_obj_and_place"), kitchen[0])
+    _, info = env.reset(task)
+    target = task.payload["pddl_params"]["object_target"].lower()
+    held = None
+    for go in [a for a in info["admissible_actions"] if a.startswith("go to ")]:
+        res = env.step(go)
+        if "is closed" in res.observation:
+            res = env.step("open " + go[len("go to "):])
+        takes = [a for a in res.info["admissible_actions"] if a.startswith("take ") and not a.startswith(f"take {target} ")]
+        if takes:
+            held = takes[0].split(" from ")[0][len("take "):]
+            env.step(takes[0])
+            break
+    assert held is not None
+    plan = env.expert_actions()
+    assert any(a.startswith(f"move {held} to ") for a in plan), plan
+    for action in plan:
+        res = env.step(action)
+    assert res.info["won"]
+
+
 def test_invalid_actions_get_the_engine_answer(games, env):
     _, tasks = games
     env.reset(tasks["train"][0])

@@ -271,24 +271,14 @@ class AlfWorldEnv:
         return "\n".join(lines)
 
     def close(self) -> None:
-        """Release the engine (its private copy of the fast-downward library)."""
+        """Drop the engine and planner (their fast-downward library copies are freed with them).
+
+        The libraries are not dlclose'd: textworld keeps ctypes handles into them until garbage
+        collection, and unloading early crashes the interpreter at exit.
+        """
         if self._env is not None:
-            inner = self._env.unwrapped
-            lib = getattr(inner, "downward_lib", None)
             try:
                 self._env.close()
-            except Exception:
-                pass
-            if lib is not None:
-                try:
-                    from fast_downward import close_lib
-                    close_lib(lib)
-                except Exception:
-                    pass
-        if self._planner_lib is not None:
-            try:
-                from fast_downward import close_lib
-                close_lib(self._planner_lib)
             except Exception:
                 pass
         self._planner_lib = None

@@ -18,3 +18,20 @@ ENV_TEXT = [
 @pytest.fixture(scope="session")
 def tok():
     return build_word_tokenizer(ENV_TEXT * 20, vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    """(state, base_url) of a misbehaving OpenAI-compatible server on 127.0.0.1; state reset per use."""
+    import fake_openai
+
+    state, url, stop = fake_openai.start()
+    yield state, url
+    stop()
+
+
+@pytest.fixture
+def server(fake_server):
+    state, url = fake_server
+    state.reset()
+    return state, url

@@ -10,7 +10,7 @@ Batch: a dict of [B, T] arrays aligned with input_ids (entry t is about token t)
   advantages, old_logprobs (the trainer's log-probs before the update, from `make_logprob_fn`),
   and optionally positions, sampler_logprobs (for the sampler-vs-trainer metric), ref_logprobs
   (needed when kl_coef > 0 and the KL is in the loss), returns and old_values (needed with a critic).
-`prepare_batch` builds it from a rollout batch (ids, masks, sampler log-probs, scores or rewards).
+`build(...).prepare(state, rollout)` builds it from a rollout batch (ids, masks, sampler log-probs, scores or rewards).
 
 Metrics are exact (sum, count) pairs (`pilotrl_jax.rl.metrics`); `metrics.finalize` gives floats.
 """
@@ -472,12 +472,13 @@ def make_ppo_step(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, donate: boo
         init = (zeros_g, jnp.zeros(()), jnp.zeros(()), zeros_m)
         (grads, pl, vl, mets), _ = jax.lax.scan(micro_body, init, mini)
         gp, gc = grads
+        lr_now = lr_schedule(cfg.lr, cfg)(_update_count(opt_state))  # the lr this update uses
         params, opt_state, gnorm, ok = _apply_update(tx, gp, opt_state, params, pl)
         mets = dict(mets)
         mets["policy_loss"] = M.scalar_pair(pl)
         mets["grad_norm"] = M.scalar_pair(gnorm)
         mets["skipped_update"] = M.scalar_pair(1.0 - ok.astype(jnp.float32))
-        mets["lr"] = M.scalar_pair(lr_schedule(cfg.lr, cfg)(_update_count(opt_state)))
+        mets["lr"] = M.scalar_pair(lr_now)
         if cfg.use_critic:
             cparams, copt, cgnorm, cok = _apply_update(ctx, gc, copt, cparams, vl)
             mets["value_loss"] = M.scalar_pair(vl)

@@ -1,0 +1,559 @@
+"""Ahead-of-time compilation for a Cloud TPU topology on this (CPU) host: does a config fit a slice?
+
+    python -m pilotrl_jax.aot --config configs/tpu_llama31_8b.py --topology v5p:2x2x4
+
+compiles, with abstract inputs only (`jax.ShapeDtypeStruct` carrying the rules-table shardings; no
+weights are read or allocated), at the config's real shapes:
+- the PPO step (`rl.ppo.make_ppo_step`) for every sequence bucket (or those given by --buckets),
+- the old/reference log-prob forward (`rl.ppo.make_logprob_fn`) and, with a critic, the value forward,
+- the sampler's prefill and decode steps (`sampling.engine._prefill` / `_decode`) at the worst case
+  (every cache row, the whole cache window),
+and prints per chip: memory (`compiled.memory_analysis()`: arguments, outputs, temps), the train
+state kept in HBM beside the sampler/forwards, the peak against the chip's HBM, FLOPs
+(`compiled.cost_analysis()`), tokens per call, and whether it fits under `--max-hbm-fraction`.
+
+Needs `pip install libtpu` (the version jax[tpu] pins) so JAX can compile for TPU without one.
+Topologies: `v5p:2x2x4`-style names (as `jax.experimental.topologies` takes them) or slice names
+such as `v5p-32`, `v4-16`, `v5litepod-16`, `v6e-8`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+GIB = 1024 ** 3
+
+# HBM per chip (bytes) by `device.device_kind`.
+HBM_BYTES = {
+    "TPU v4": 32 * GIB,
+    "TPU v5 lite": 16 * GIB,   # v5e
+    "TPU v5": 95 * GIB,        # v5p
+    "TPU v5p": 95 * GIB,
+    "TPU v6 lite": 32 * GIB,   # v6e (Trillium)
+    "TPU v6e": 32 * GIB,
+}
+
+# Peak dense bf16 FLOP/s per chip by device kind (for the ideal-time column).
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+
+# Standard slice shapes by chip count (v4/v5p are 3-D tori, v5e/v6e 2-D).
+_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+# slice-name prefix -> (topology prefix, cores per chip counted in the slice name, 3-D?)
+_SLICE_KINDS = {"v4": ("v4", 2, True), "v5p": ("v5p", 2, True), "v5litepod": ("v5e", 1, False),
+                "v5e": ("v5e", 1, False), "v6e": ("v6e", 1, False)}
+
+
+class AOTError(ValueError):
+    """A config or topology the AOT check cannot use; the message names the input and the fix."""
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def load_config(spec: str):
+    """Load an ml_collections config from `path.py` or `path.py:arg` (calls its `get_config([arg])`)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise AOTError(f"--config {spec!r}: no file {path!r}; pass a python file with get_config(), "
+                       "e.g. configs/tpu_llama31_8b.py")
+    name = "_pilotrl_cfg_" + os.path.splitext(os.path.basename(path))[0]
+    spec_obj = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec_obj)
+    spec_obj.loader.exec_module(mod)
+    if not hasattr(mod, "get_config"):
+        raise AOTError(f"--config {path!r} has no get_config(); define `def get_config(arg=None) -> ConfigDict`")
+    return mod.get_config(arg) if arg else mod.get_config()
+
+
+def _plain(x):
+    """ConfigDict/FrozenConfigDict -> plain dict (recursively); other values unchanged."""
+    return x.to_dict() if hasattr(x, "to_dict") else x
+
+
+def model_config(cfg, **overrides):
+    """LlamaConfig from `cfg.model` (its HF dict plus our dtype/scan/remat fields)."""
+    from pilotrl_jax.models.config import LlamaConfig
+
+    m = cfg.model
+    ours = dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=bool(m.scan_layers),
+                remat_policy=m.remat_policy)
+    ours.update(overrides)
+    return LlamaConfig.from_hf_dict(_plain(m.hf_config), **ours)
+
+
+def ppo_config(cfg, bucket_index: int = 0):
+    """PPOConfig from `cfg.ppo` plus the batch geometry (mini-batches, micro-batches for a bucket)."""
+    from pilotrl_jax.rl.ppo import PPOConfig
+
+    b = cfg.batch
+    rows = rollouts_per_step(cfg)
+    if rows % b.num_mini_batches:
+        raise AOTError(f"batch.tasks_per_step*group_size={rows} is not divisible by batch.num_mini_batches="
+                       f"{b.num_mini_batches}; change one of them")
+    mini = rows // b.num_mini_batches
+    micro = int(b.micro_batch_rows[bucket_index])
+    if mini % micro:
+        raise AOTError(f"mini-batch of {mini} rows is not divisible by batch.micro_batch_rows[{bucket_index}]="
+                       f"{micro}; use a divisor of {mini}")
+    fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    kw = {k: v for k, v in _plain(cfg.ppo).items()}
+    bad = sorted(set(kw) - fields)
+    if bad:
+        raise AOTError(f"config.ppo has unknown fields {bad}; expected PPOConfig fields")
+    for k, v in kw.items():
+        if isinstance(v, list):
+            kw[k] = tuple(v)
+    kw.update(num_mini_batches=int(b.num_mini_batches), num_micro_batches=mini // micro)
+    return PPOConfig(**kw)
+
+
+def rollouts_per_step(cfg) -> int:
+    """Rows of one PPO batch: tasks per step x group size."""
+    return int(cfg.batch.tasks_per_step) * int(cfg.batch.group_size)
+
+
+def check_geometry(cfg) -> None:
+    """Raise AOTError naming the field when buckets and micro-batch rows do not line up."""
+    b = cfg.batch
+    if len(b.micro_batch_rows) != len(b.seq_buckets):
+        raise AOTError(f"batch.micro_batch_rows has {len(b.micro_batch_rows)} entries for "
+                       f"{len(b.seq_buckets)} batch.seq_buckets; give one micro-batch size per bucket")
+    if list(b.seq_buckets) != sorted(b.seq_buckets):
+        raise AOTError(f"batch.seq_buckets={tuple(b.seq_buckets)} must be increasing")
+    if b.seq_buckets[-1] < b.max_prompt_len + b.max_response_len:
+        raise AOTError(f"the largest bucket {b.seq_buckets[-1]} is shorter than max_prompt_len+max_response_len="
+                       f"{b.max_prompt_len + b.max_response_len}; add a bucket or lower the lengths")
+
+
+# ----------------------------------------------------------------------------- topology
+
+
+def topology_name(name: str) -> str:
+    """`v5p:2x2x4` stays; a slice name such as `v5p-32`, `v4-16`, `v5litepod-16`, `v6e-8` is converted."""
+    if ":" in name:
+        return name
+    kind, sep, count = name.rpartition("-")
+    if not sep or kind not in _SLICE_KINDS or not count.isdigit():
+        raise AOTError(f"--topology {name!r}: expected e.g. 'v5p:2x2x4' or a slice name like 'v5p-32', "
+                       f"'v4-16', 'v5litepod-16', 'v6e-8' (kinds {sorted(_SLICE_KINDS)})")
+    prefix, cores, three_d = _SLICE_KINDS[kind]
+    chips = int(count) // cores
+    shapes = _SHAPES_3D if three_d else _SHAPES_2D
+    if chips not in shapes:
+        raise AOTError(f"--topology {name!r}: no standard shape for {chips} chips; pass it as "
+                       f"'{prefix}:AxBxC' (known: {sorted(shapes)} chips)")
+    return f"{prefix}:{shapes[chips]}"
+
+
+def topology_devices(name: str) -> list:
+    """The TPU devices of a topology, compiled-for but not attached (needs libtpu installed)."""
+    from jax.experimental import topologies
+
+    topo = topology_name(name)
+    # libtpu looks for a TPU VM's metadata; on a CPU host these keep it quiet and fast.
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    try:
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo)
+    except Exception as e:  # noqa: BLE001 - libtpu raises assorted types
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        hint = ("install libtpu into this environment (pip install 'libtpu==0.0.42.*', the version "
+                "jax[tpu]==0.10.2 pins)") if "libtpu" in msg.lower() or "plugin" in msg.lower() or "tpu" not in msg.lower() else \
+            "check the topology name (e.g. v5p:2x2x4, v5e:2x2, v4:2x2x2)"
+        raise AOTError(f"cannot get TPU topology {topo!r}: {msg}; {hint}") from None
+    return list(desc.devices)
+
+
+def hbm_bytes(device) -> int:
+    """HBM per chip for a TPU device kind (from a table; raise naming the kind if unknown)."""
+    kind = device.device_kind
+    if kind not in HBM_BYTES:
+        raise AOTError(f"unknown TPU device kind {kind!r}; add its HBM to HBM_BYTES in pilotrl_jax/aot.py")
+    return HBM_BYTES[kind]
+
+
+def topology_mesh(cfg, devices):
+    """The config's (data, fsdp, tensor) mesh over the topology's devices."""
+    from pilotrl_jax import sharding as sh
+
+    try:
+        return sh.make_mesh(_plain(cfg.mesh), devices)
+    except ValueError as e:
+        raise AOTError(f"config.mesh {_plain(cfg.mesh)} does not fit the topology ({len(devices)} chips): {e}") from None
+
+
+# ----------------------------------------------------------------------------- abstract inputs
+
+
+def _sds(shape, dtype, sharding):
+    import jax
+
+    return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
+
+
+def abstract_params(model_cfg, mesh):
+    """ShapeDtypeStructs of the params, with rules-table shardings."""
+    import jax
+    from pilotrl_jax.models import llama
+
+    return jax.tree.map(lambda s, sh_: _sds(s.shape, s.dtype, sh_), llama.param_shapes(model_cfg),
+                        llama.param_shardings(model_cfg, mesh))
+
+
+def abstract_train_state(model_cfg, ppo_cfg, mesh):
+    """ShapeDtypeStructs of a TrainState (params, optimizer moments, ...) with their shardings."""
+    import jax
+    import jax.numpy as jnp
+    from pilotrl_jax.models import llama
+    from pilotrl_jax.rl import ppo
+
+    pshape = llama.param_shapes(model_cfg)
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    shapes = jax.eval_shape(lambda p, r: ppo.init_train_state(model_cfg, ppo_cfg, p, r), pshape, rng)
+    shards = ppo.train_state_shardings(model_cfg, ppo_cfg, mesh)
+    return jax.tree.map(lambda s, sh_: _sds(s.shape, s.dtype, sh_), shapes, shards)
+
+
+def abstract_ppo_batch(ppo_cfg, mesh, rows: int, length: int) -> dict:
+    """ShapeDtypeStructs of a [rows, length] PPO batch (the keys the step needs for this config)."""
+    import jax.numpy as jnp
+    from pilotrl_jax.rl import ppo
+
+    s = ppo.batch_sharding(mesh)
+    keys = {"input_ids": jnp.int32, "attention_mask": jnp.int32, "loss_mask": jnp.float32,
+            "advantages": jnp.float32, "old_logprobs": jnp.float32}
+    if ppo_cfg.kl_in_loss:
+        keys["ref_logprobs"] = jnp.float32
+    if ppo_cfg.use_critic:
+        keys.update(returns=jnp.float32, old_values=jnp.float32)
+    return {k: _sds((rows, length), dt, s) for k, dt in keys.items()}
+
+
+def tree_bytes_per_chip(tree) -> int:
+    """Bytes one chip holds of a tree of sharded ShapeDtypeStructs (largest shard per leaf)."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        total += int(np.prod(shard, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+# ----------------------------------------------------------------------------- compile + analyse
+
+
+@dataclasses.dataclass
+class Row:
+    """One compiled function's per-chip numbers."""
+
+    name: str
+    shape: str
+    tokens: int
+    args: int = 0
+    outputs: int = 0
+    alias: int = 0
+    temps: int = 0
+    resident: int = 0  # train state kept in HBM beside this function (0 for the PPO step: it is an argument)
+    flops: float = 0.0  # HLO cost analysis, per chip (loop bodies counted once)
+    model_flops: float = 0.0  # analytic, whole call, all chips (see model_flops_per_token)
+    compile_s: float = 0.0
+    hbm: int = 0
+    error: str = ""
+
+    @property
+    def peak(self) -> int:
+        """Per-chip bytes while the function runs: args + outputs - donated + temps + resident state."""
+        return self.args + self.outputs - self.alias + self.temps + self.resident
+
+    def fits(self, fraction: float) -> bool:
+        """Whether the peak stays under `fraction` of the chip's HBM."""
+        return not self.error and self.peak < fraction * self.hbm
+
+
+def _analyse(row: Row, lowered) -> Row:
+    t0 = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - XLA reports OOM and friends as assorted errors
+        row.error = str(e).splitlines()[0][:200]
+        row.compile_s = time.perf_counter() - t0
+        return row
+    row.compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        row.args, row.outputs = mem.argument_size_in_bytes, mem.output_size_in_bytes
+        row.alias, row.temps = mem.alias_size_in_bytes, mem.temp_size_in_bytes
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    row.flops = float((cost or {}).get("flops", 0.0))
+    return row
+
+
+def model_flops_per_token(mc, context: int, train: bool) -> float:
+    """Analytic FLOPs per token: 2*N_matmul + 4*L*context*H*Dh (dense attention), x3 for training.
+
+    N_matmul excludes the embedding table (a lookup); remat recomputation is not counted (MFU convention)."""
+    n = mc.num_params - (0 if mc.tie_word_embeddings else mc.vocab_size * mc.hidden_size)
+    fwd = 2 * n + 4 * mc.num_layers * context * mc.num_heads * mc.head_dim
+    return fwd * (3 if train else 1)
+
+
+def compile_ppo_step(model_cfg, cfg, mesh, bucket_index: int) -> Row:
+    """Compile the PPO step for one sequence bucket and return its Row."""
+    from pilotrl_jax.rl import ppo
+
+    pc = ppo_config(cfg, bucket_index)
+    T = int(cfg.batch.seq_buckets[bucket_index])
+    B = rollouts_per_step(cfg)
+    mb = int(cfg.batch.micro_batch_rows[bucket_index])
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if mb % shards:
+        return Row(f"ppo_step T={T}", f"B={B} mb={mb}", B * T,
+                   error=f"batch.micro_batch_rows[{bucket_index}]={mb} is not a multiple of data*fsdp={shards}")
+    step = ppo.make_ppo_step(model_cfg, pc, mesh, donate=True)
+    state = abstract_train_state(model_cfg, pc, mesh)
+    batch = abstract_ppo_batch(pc, mesh, B, T)
+    row = Row(f"ppo_step T={T}", f"{pc.num_mini_batches}x{pc.num_micro_batches}x{mb} rows", B * T * pc.epochs)
+    row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=True)
+    return _analyse(row, step.jitted.lower(state, batch))
+
+
+def compile_logprobs(model_cfg, cfg, mesh, bucket_index: int, param_dtype: Optional[str] = None) -> Row:
+    """Compile the (old or reference) log-prob forward over a whole PPO batch at one bucket."""
+    from pilotrl_jax.rl import ppo
+    import jax.numpy as jnp
+
+    pc = ppo_config(cfg, bucket_index)
+    mc = model_cfg if param_dtype is None else model_cfg.replace(param_dtype=param_dtype)
+    T = int(cfg.batch.seq_buckets[bucket_index])
+    B = rollouts_per_step(cfg)
+    chunks = pc.num_mini_batches * pc.num_micro_batches
+    fn = ppo.make_logprob_fn(mc, pc, mesh, chunks)
+    s = ppo.batch_sharding(mesh)
+    batch = {"input_ids": _sds((B, T), jnp.int32, s), "attention_mask": _sds((B, T), jnp.int32, s)}
+    tag = "ref" if param_dtype else "old"
+    row = Row(f"{tag}_logprobs T={T}", f"{chunks} chunks x{B // chunks} rows", B * T)
+    row.model_flops = row.tokens * model_flops_per_token(mc, T, train=False)
+    return _analyse(row, fn.lower(abstract_params(mc, mesh), batch))
+
+
+def compile_values(model_cfg, cfg, mesh, bucket_index: int) -> Row:
+    """Compile the critic's value forward over a whole PPO batch at one bucket."""
+    import jax
+    import jax.numpy as jnp
+    from pilotrl_jax.models import llama
+    from pilotrl_jax.rl import ppo
+
+    pc = dataclasses.replace(ppo_config(cfg, bucket_index), use_critic=True, advantage_estimator="gae")
+    T = int(cfg.batch.seq_buckets[bucket_index])
+    B = rollouts_per_step(cfg)
+    chunks = pc.num_mini_batches * pc.num_micro_batches
+    fn = ppo.make_value_fn(model_cfg, pc, mesh, chunks)
+    shards = ppo.train_state_shardings(model_cfg, pc, mesh).critic_params
+    shapes = jax.eval_shape(ppo.init_critic_params, llama.param_shapes(model_cfg))
+    cparams = jax.tree.map(lambda a, b: _sds(a.shape, a.dtype, b), shapes, shards)
+    s = ppo.batch_sharding(mesh)
+    batch = {"input_ids": _sds((B, T), jnp.int32, s), "attention_mask": _sds((B, T), jnp.int32, s)}
+    row = Row(f"critic_values T={T}", f"{chunks} chunks x{B // chunks} rows", B * T)
+    row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=False)
+    return _analyse(row, fn.lower(cparams, batch))
+
+
+def _sampler_inputs(model_cfg, cfg, mesh):
+    import jax.numpy as jnp
+    from pilotrl_jax import sharding as sh
+    from pilotrl_jax.models import llama
+    from pilotrl_jax.sampling import engine
+
+    sc = cfg.sampler
+    mc = model_cfg.replace(param_dtype=sc.param_dtype)
+    B, W = int(sc.max_batch), int(sc.max_len)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if B % shards:
+        raise AOTError(f"sampler.max_batch={B} is not a multiple of data*fsdp={shards}; the cache's rows are "
+                       "sharded over them")
+    shape = (mc.num_layers, B, W, mc.num_kv_heads, mc.head_dim)
+    cs = sh.named_sharding(mesh, engine.CACHE_AXES, shape)
+    dt = llama.dtype_of(sc.cache_dtype)
+    cache = {"k": _sds(shape, dt, cs), "v": _sds(shape, dt, cs)}
+    return mc, abstract_params(mc, mesh), cache, B, W
+
+
+def compile_prefill(model_cfg, cfg, mesh) -> Row:
+    """Compile one sampler prefill chunk over every cache row at the full window."""
+    import jax.numpy as jnp
+    from pilotrl_jax.sampling import engine
+
+    mc, params, cache, B, W = _sampler_inputs(model_cfg, cfg, mesh)
+    C = engine.pow2_bucket(int(cfg.sampler.prefill_chunk), engine.MIN_PREFILL)
+    s = _row_sharding(mesh, B)
+    ids, pos = _sds((B, C), jnp.int32, s), _sds((B, C), jnp.int32, s)
+    row = Row(f"prefill C={C}", f"B={B} W={W}", B * C)
+    row.model_flops = row.tokens * model_flops_per_token(mc, W, train=False)
+    return _analyse(row, engine._prefill.lower(mc, params, cache, ids, pos, mesh=mesh))
+
+
+def compile_decode(model_cfg, cfg, mesh) -> Row:
+    """Compile the sampler's decode loop (decode_chunk steps) over every cache row at the full window."""
+    import jax.numpy as jnp
+    from pilotrl_jax.sampling import engine, filters
+
+    sc = cfg.sampler
+    mc, params, cache, B, W = _sampler_inputs(model_cfg, cfg, mesh)
+    s = _row_sharding(mesh, B)
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    rep = NamedSharding(mesh, P())
+    state = {"tok": _sds((B,), jnp.int32, s), "pos": _sds((B,), jnp.int32, s), "done": _sds((B,), jnp.bool_, s),
+             "reason": _sds((B,), jnp.int32, s), "n_new": _sds((B,), jnp.int32, s),
+             "limit": _sds((B,), jnp.int32, s), "keys": _sds((B, 2), jnp.uint32, _row_sharding(mesh, B, 2))}
+    V = mc.vocab_size
+    table = _sds((V,), jnp.bool_, rep)
+    sampling = (_sds((), jnp.float32, rep), _sds((), jnp.int32, rep), _sds((), jnp.float32, rep))
+    scalar = _sds((), jnp.int32, rep)
+    mode = filters.mode_for(float(sc.temperature), int(sc.top_k), float(sc.top_p))
+    chunk = int(sc.decode_chunk)
+    row = Row(f"decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk)
+    row.model_flops = row.tokens * model_flops_per_token(mc, W, train=False)
+    return _analyse(row, engine._decode.lower(mc, params, cache, state, table, table, sampling, scalar, scalar,
+                                              mode=mode, chunk=chunk, mesh=mesh))
+
+
+def _row_sharding(mesh, rows: int, ndim: int = 1):
+    from pilotrl_jax import sharding as sh
+
+    return sh.batch_sharding(mesh, ndim, rows)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequence[str] = ("ppo", "ref", "sampler"),
+        log=print) -> tuple[list, dict]:
+    """Compile the config's functions for `topology`; returns (rows, info) for `format_table`."""
+    check_geometry(cfg)
+    devices = topology_devices(topology)
+    mesh = topology_mesh(cfg, devices)
+    hbm = hbm_bytes(devices[0])
+    mc = model_config(cfg)
+    all_buckets = [int(b) for b in cfg.batch.seq_buckets]
+    wanted = all_buckets if not buckets else [int(b) for b in buckets]
+    bad = [b for b in wanted if b not in all_buckets]
+    if bad:
+        raise AOTError(f"--buckets {bad} are not in batch.seq_buckets={tuple(all_buckets)}")
+    idx = [all_buckets.index(b) for b in wanted]
+    pc0 = ppo_config(cfg, idx[-1])
+    state_bytes = tree_bytes_per_chip(abstract_train_state(mc, pc0, mesh))
+    resident = state_bytes if cfg.aot.get("state_resident_while_sampling", True) else 0
+    info = dict(topology=topology_name(topology), chips=len(devices), kind=devices[0].device_kind, hbm=hbm,
+                mesh=dict(mesh.shape), model=(f"{mc.num_params / 1e9:.2f}B params" if mc.num_params >= 1e9 else f"{mc.num_params / 1e6:.2f}M params"), state_bytes=state_bytes,
+                rollouts=rollouts_per_step(cfg), name=cfg.get("name", ""))
+    jobs = []
+    for i in idx:
+        if "ppo" in parts:
+            jobs.append(lambda i=i: compile_ppo_step(mc, cfg, mesh, i))
+        if "ref" in parts:
+            jobs.append(lambda i=i: _with_resident(compile_logprobs(mc, cfg, mesh, i, param_dtype="bfloat16"), resident))
+        if "critic" in parts or (pc0.use_critic and "ref" in parts):
+            jobs.append(lambda i=i: _with_resident(compile_values(mc, cfg, mesh, i), resident))
+    if "sampler" in parts:
+        jobs.append(lambda: _with_resident(compile_prefill(mc, cfg, mesh), resident))
+        jobs.append(lambda: _with_resident(compile_decode(mc, cfg, mesh), resident))
+    rows = []
+    for job in jobs:
+        row = job()
+        row.hbm = hbm
+        log(f"  compiled {row.name:<24} in {row.compile_s:6.1f}s" + (f"  ERROR {row.error}" if row.error else ""))
+        rows.append(row)
+    return rows, info
+
+
+def _with_resident(row: Row, resident: int) -> Row:
+    row.resident = resident
+    return row
+
+
+def _gib(x: int) -> str:
+    return f"{x / GIB:.2f}"
+
+
+def _size(x: int) -> str:
+    """Bytes as GiB, or MiB/KiB when small."""
+    if abs(x) >= GIB / 10:
+        return f"{x / GIB:.2f} GiB"
+    if abs(x) >= 1024 ** 2 / 10:
+        return f"{x / 1024 ** 2:.1f} MiB"
+    return f"{x / 1024:.1f} KiB"
+
+
+def format_table(rows: Sequence[Row], info: dict, fraction: float = 0.9) -> str:
+    """A markdown table of per-chip memory, FLOPs, tokens and fit for each compiled function."""
+    head = (f"{info['name']}: {info['model']} on {info['topology']} ({info['chips']} x {info['kind']}, "
+            f"{_gib(info['hbm'])} GiB HBM/chip), mesh {info['mesh']}, {info['rollouts']} rollouts/step; "
+            f"train state {_gib(info['state_bytes'])} GiB/chip")
+    peak = PEAK_FLOPS.get(info["kind"], 0.0)
+    cols = ["function", "shape", "args", "outputs", "donated", "temps", "+state", "peak/chip", "% HBM",
+            f"fits (<{fraction:.0%})", "tokens/call", "model TFLOP/chip", "ideal s", "HLO TFLOP/chip", "compile s"]
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        per_chip = r.model_flops / info["chips"]
+        ideal = f"{per_chip / peak:.2f}" if peak else "-"
+        common = [f"{r.tokens:,}", f"{per_chip / 1e12:.1f}", ideal]
+        if r.error:
+            vals = [r.name, r.shape] + ["-"] * 7 + ["ERROR: " + r.error] + common + ["-", f"{r.compile_s:.0f}"]
+        else:
+            vals = [r.name, r.shape, _size(r.args), _size(r.outputs), _size(r.alias), _size(r.temps),
+                    _size(r.resident), _size(r.peak), f"{100 * r.peak / r.hbm:.0f}%",
+                    "yes" if r.fits(fraction) else "NO"] + common + [f"{r.flops / 1e12:.2f}", f"{r.compile_s:.0f}"]
+        lines.append("| " + " | ".join(vals) + " |")
+    lines.append("")
+    lines.append("peak = args + out - alias (donated) + temps + state (the train state kept in HBM beside "
+                 "forwards and sampling); model FLOPs = tokens x (2 N_matmul + 4 L T H Dh), x3 "
+                 "for training, no remat recompute; ideal s = model FLOPs per chip / peak bf16 FLOP/s; HLO FLOPs "
+                 "(cost_analysis) count each loop body once (scans over epochs, mini/micro-batches and layers).")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI: compile a config for a TPU topology and print the fit table; exit 1 if something does not fit."""
+    p = argparse.ArgumentParser(prog="python -m pilotrl_jax.aot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="configs/<file>.py[:arg]")
+    p.add_argument("--topology", default=None, help="e.g. v5p:2x2x4 or v5p-32 (default: config.tpu.topology)")
+    p.add_argument("--buckets", default="", help="comma-separated sequence buckets (default: all)")
+    p.add_argument("--parts", default="ppo,ref,sampler", help="comma-separated subset of ppo,ref,critic,sampler")
+    p.add_argument("--max-hbm-fraction", type=float, default=None, help="fit threshold (default config.aot or 0.9)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    try:
+        cfg = load_config(args.config)
+        topo = args.topology or cfg.get("tpu", {}).get("topology")
+        if not topo:
+            raise AOTError("no --topology and no config.tpu.topology; pass e.g. --topology v5p:2x2x4")
+        parts = tuple(x for x in args.parts.split(",") if x)
+        unknown = set(parts) - {"ppo", "ref", "critic", "sampler"}
+        if unknown:
+            raise AOTError(f"--parts has {sorted(unknown)}; expected a subset of ppo,ref,critic,sampler")
+        buckets = [int(b) for b in args.buckets.split(",") if b]
+        frac = args.max_hbm_fraction or float(cfg.get("aot", {}).get("max_hbm_fraction", 0.9))
+        print(f"AOT-compiling {args.config} for {topology_name(topo)} ...", flush=True)
+        rows, info = run(cfg, topo, buckets, parts, log=lambda s: print(s, flush=True))
+    except AOTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows, info, frac))
+    return 0 if all(r.fits(frac) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

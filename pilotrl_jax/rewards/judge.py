@@ -228,6 +228,7 @@ class JudgeStats:
                       judgement_failures=0, judge_time_s=0.0)
 
     def add(self, **kw):
+        """Add to counters."""
         with self._lock:
             for k, v in kw.items():
                 self.c[k] += v

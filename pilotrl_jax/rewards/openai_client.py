@@ -77,25 +77,30 @@ class _Stats:
         self._in_flight = 0
 
     def add(self, **kw):
+        """Add to counters."""
         with self._lock:
             for k, v in kw.items():
                 self.c[k] += v
 
     def enter(self):
+        """Count one HTTP call entering flight."""
         with self._lock:
             self._in_flight += 1
             self.c["in_flight_max"] = max(self.c["in_flight_max"], self._in_flight)
 
     def leave(self):
+        """Count one HTTP call leaving flight."""
         with self._lock:
             self._in_flight -= 1
 
     def latency(self, s: float):
+        """Record one call's latency."""
         with self._lock:
             self.c["latency_sum_s"] += s
             self.c["latency_max_s"] = max(self.c["latency_max_s"], s)
 
     def snapshot(self) -> dict:
+        """Counters plus mean latency."""
         with self._lock:
             out = dict(self.c)
         calls = out["requests"] - out["cache_hits"]

@@ -164,3 +164,26 @@ def test_helpers():
     assert not j.ok and "boom" in j.error and j.score is None
     with pytest.raises(TypeError, match="list of JudgeRequest"):
         GroundedJudge().score(_req(GOOD_ACTIONS, GOOD_OBS, True))
+
+
+def test_request_from_external_plan_and_on_demand_episodes(tok):
+    ep = AgentEpisode(Task("alfworld", "t1"), "adaplan", "every_step", plan_source=lambda e: list(PLAN[e.num_turns:]) or ["done"],
+                      tokenizer=tok, max_turns=6)
+    env = _Env()
+    ep.start(TASK_TEXT)
+    for a in GOOD_ACTIONS:
+        turn = ep.add_policy_output(ep.chat.encode(_act(a)), None, _act(a))
+        r = env.step(turn.env_action)
+        ep.add_observation(r.observation, done=r.done, info=r.info)
+    req = JudgeRequest.from_episode(ep)
+    assert req.won and all(p.external for p in req.plans) and [p.turn for p in req.plans] == [0, 1, 2]
+    assert req.plans[1].steps == PLAN[1:]
+    od = _run(tok, [_plan(PLAN), _act(GOOD_ACTIONS[0]), _act("look"),
+                    _plan(("take the pen from the desk", "put the pen on the shelf")) + _act(GOOD_ACTIONS[1])],
+              replan="on_demand")
+    req = JudgeRequest.from_episode(od)
+    assert [p.turn for p in req.plans] == [0, 2] and req.plans[1].steps[0] == "take the pen from the desk"
+    (j,) = GroundedJudge().score([req])
+    assert j.ok and j.n_units == 2
+    with pytest.raises(TypeError, match="AgentEpisode"):
+        JudgeRequest.from_episode("not an episode")

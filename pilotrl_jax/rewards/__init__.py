@@ -7,7 +7,7 @@ from pilotrl_jax.rewards.shaping import (EpisodeSummary, RewardBatch, RewardConf
 __all__ = ["GroundedJudge", "key_terms", "plan_step_coverage", "CRITERIA", "Judge", "Judgement", "JudgeRequest",
            "PlanRecord", "parse_judge_answer", "EpisodeSummary", "RewardBatch", "RewardConfig", "compute_rewards",
            "format_term", "outcome_reward", "overlong_term", "summarize_episode", "HTTPJudge", "LocalModelJudge",
-           "OpenAIClient", "ClientConfig", "LLMSimEnv"]
+           "OpenAIClient", "ClientConfig", "LLMSimEnv", "make_judge"]
 
 
 def __getattr__(name):
@@ -25,3 +25,16 @@ def __getattr__(name):
         from pilotrl_jax.rewards.llm_env import LLMSimEnv
         return LLMSimEnv
     raise AttributeError(f"module 'pilotrl_jax.rewards' has no attribute {name!r}")
+
+
+def make_judge(kind: str, **kwargs):
+    """A judge by name: "grounded" (no LLM), "local" (config, params, tokenizer) or "http" (base_url, model, ...)."""
+    if kind == "grounded":
+        return GroundedJudge(**kwargs)
+    if kind == "local":
+        from pilotrl_jax.rewards.local_judge import LocalModelJudge
+        return LocalModelJudge(**kwargs)
+    if kind == "http":
+        from pilotrl_jax.rewards.http_judge import HTTPJudge
+        return HTTPJudge(**kwargs)
+    raise ValueError(f"judge kind={kind!r}; expected 'grounded', 'local' or 'http'")

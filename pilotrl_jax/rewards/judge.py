@@ -265,9 +265,17 @@ class Judge:
         t0 = time.monotonic()
         plan_units = [[(i, k) for k in select_units(len(r.plans), self.max_units)] for i, r in enumerate(reqs)]
         flat = [u for us in plan_units for u in us]
-        answers = self._answer([unit_messages(reqs[i], k, self.max_history_chars) for i, k in flat]) if flat else []
         by_unit: dict = {}
-        for (i, k), (text, req_err) in zip(flat, answers):
+        msgs, sendable = [], []
+        for i, k in flat:
+            try:
+                msgs.append(unit_messages(reqs[i], k, self.max_history_chars))
+                sendable.append((i, k))
+            except Exception as e:  # noqa: BLE001 - a malformed request fails its unit, not the batch
+                self._stats.add(request_failures=1, unit_failures=1)
+                by_unit[(i, k)] = (None, f"could not build the prompt: {type(e).__name__}: {e}")
+        answers = self._answer(msgs) if msgs else []
+        for (i, k), (text, req_err) in zip(sendable, answers):
             if req_err is not None:
                 self._stats.add(request_failures=1, unit_failures=1)
                 by_unit[(i, k)] = (None, f"request failed: {req_err}")

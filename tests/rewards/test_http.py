@@ -186,3 +186,16 @@ def test_llm_sim_env(server):
     assert st["env_errors"] == 2 and st["parse_failures"] == 1 and st["steps"] == 4
     with pytest.raises(ValueError, match="description"):
         env.reset(Task("llm_sim", "bad"))
+
+
+def test_make_judge_and_unbuildable_prompt_is_a_failed_unit(server):
+    from pilotrl_jax.rewards import GroundedJudge, make_judge
+
+    state, url = server
+    assert isinstance(make_judge("grounded"), GroundedJudge)
+    judge = make_judge("http", base_url=url, model="judge", **FAST)
+    bad = JudgeRequest(task="t", plans=(PlanRecord(0, ("ok", "  ")),), actions=(), observations=("t",))
+    out = judge.score([bad, _req(1)])
+    assert not out[0].ok and "could not build the prompt" in out[0].error and out[1].ok
+    with pytest.raises(ValueError, match="judge kind"):
+        make_judge("gpt")

@@ -37,6 +37,7 @@ class ClientConfig:
     max_concurrency: int = 8  # HTTP requests in flight at once through this client
     cache: bool = True
     cache_path: Optional[str] = None  # JSON file for an on-disk cache (None: memory only)
+    cache_flush_every: int = 1  # rewrite the file after this many new entries (and on flush/close)
     temperature: float = 0.0
     max_tokens: int = 512
     extra_body: Optional[dict] = None  # merged into every request (e.g. {"response_format": {...}})
@@ -135,6 +136,7 @@ class OpenAIClient:
         self._stats = _Stats()
         self._cache: dict[str, str] = {}
         self._cache_lock = threading.Lock()
+        self._unsaved = 0
         self._rng = random.Random(0)
         if config.cache and config.cache_path and os.path.exists(config.cache_path):
             try:
@@ -190,8 +192,14 @@ class OpenAIClient:
         """Counters: requests, cache_hits, http_calls, retries, failures, timeouts, latency (s)."""
         return self._stats.snapshot()
 
+    def flush(self) -> None:
+        """Write unsaved cache entries to `cache_path` (atomically)."""
+        with self._cache_lock:
+            self._write_locked()
+
     def close(self) -> None:
-        """Close the HTTP connection pool."""
+        """Flush the on-disk cache and close the HTTP connection pool."""
+        self.flush()
         self._http.close()
 
     def __enter__(self):
@@ -204,11 +212,18 @@ class OpenAIClient:
     def _store(self, key: str, content: str) -> None:
         with self._cache_lock:
             self._cache[key] = content
-            if self.config.cache_path:
-                tmp = f"{self.config.cache_path}.tmp{os.getpid()}.{threading.get_ident()}"
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(self._cache, f, ensure_ascii=False)
-                os.replace(tmp, self.config.cache_path)
+            self._unsaved += 1
+            if self._unsaved >= max(1, self.config.cache_flush_every):
+                self._write_locked()
+
+    def _write_locked(self) -> None:
+        if not self.config.cache_path or not self._unsaved:
+            return
+        tmp = f"{self.config.cache_path}.tmp{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self._cache, f, ensure_ascii=False)
+        os.replace(tmp, self.config.cache_path)
+        self._unsaved = 0
 
     def _backoff(self, attempt: int, retry_after: Optional[float]) -> float:
         c = self.config

@@ -39,6 +39,14 @@ def test_ok_cache_and_stats(server, tmp_path):
     c2 = _client(url, cache_path=str(tmp_path / "cache.json"))
     assert c2.chat(MSG).cached and state.requests == 2
     assert state.bodies[0]["model"] == "judge" and state.bodies[0]["temperature"] == 0.0
+    # Batched flushes: nothing written until flush/close.
+    lazy = _client(url, cache_path=str(tmp_path / "lazy.json"), cache_flush_every=100)
+    assert lazy.chat([{"role": "user", "content": "lazy"}]).ok and not (tmp_path / "lazy.json").exists()
+    lazy.close()
+    assert len(json.loads((tmp_path / "lazy.json").read_text())) == 1
+    (tmp_path / "broken.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="broken.json"):
+        _client(url, cache_path=str(tmp_path / "broken.json"))
 
 
 def test_retries_on_500_429_and_timeout(server):

@@ -55,6 +55,8 @@ class PPOConfig:
     loss_agg_mode: str = "token-mean"
     entropy_coef: float = 0.0
     temperature: float = 1.0  # the sampling temperature; log-probs are recomputed under it
+    logits_chunk_size: Optional[int] = None  # compute LM-head logits this many positions at a time
+    # (rematerialised in backward) so [B, T, V] float32 logits never exist at once; None = all at once
     # KL to a frozen reference
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
@@ -101,6 +103,8 @@ class PPOConfig:
         for name in ("epochs", "num_mini_batches", "num_micro_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
+        if self.logits_chunk_size is not None and self.logits_chunk_size < 1:
+            raise ValueError(f"logits_chunk_size={self.logits_chunk_size}; expected a positive int or None")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature}; expected > 0 (the sampling temperature)")
 
@@ -152,6 +156,46 @@ def make_optimizer(lr: float, cfg: PPOConfig) -> optax.GradientTransformation:
     if cfg.max_grad_norm is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+
+
+# ----------------------------------------------------------------------------- policy log-probs
+
+
+def _lm_head(model_cfg: LlamaConfig, params):
+    """The LM-head matrix [D, V] (the embedding, transposed, when tied)."""
+    return params["embed"].T if model_cfg.tie_word_embeddings else params["lm_head"]
+
+
+def policy_logprobs_entropy(model_cfg: LlamaConfig, params, input_ids, attention_mask=None, positions=None,
+                            temperature: float = 1.0, chunk_size: Optional[int] = None):
+    """(token log-probs [B, T], entropies [B, T]) of the policy, aligned like `losses.token_logprobs`.
+
+    chunk_size None: from the full logits. Otherwise the LM head runs on `chunk_size` positions at a
+    time under `jax.checkpoint`, so neither forward nor backward holds [B, T, V] float32 logits."""
+    if chunk_size is None:
+        logits = llama.forward(model_cfg, params, input_ids, attention_mask, positions)
+        return L.token_logprobs_and_entropy(logits, input_ids, temperature)
+    ids = jnp.asarray(input_ids, jnp.int32)
+    h = llama.forward_hidden(model_cfg, params, ids, attention_mask, positions)[:, :-1]
+    tgt = ids[:, 1:]
+    B, n, D = h.shape
+    nc = -(-n // chunk_size)
+    pad = nc * chunk_size - n
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, nc, chunk_size, D).swapaxes(0, 1)
+    tgt = jnp.pad(tgt, ((0, 0), (0, pad))).reshape(B, nc, chunk_size).swapaxes(0, 1)
+    w = _lm_head(model_cfg, params).astype(h.dtype)
+
+    @jax.checkpoint
+    def one(hc, tc):
+        z = (hc @ w).astype(jnp.float32) / temperature
+        lse = jax.nn.logsumexp(z, axis=-1)
+        lp = jnp.take_along_axis(z, tc[..., None], axis=-1)[..., 0] - lse
+        ent = lse - (jnp.exp(z - lse[..., None]) * z).sum(-1)
+        return lp, ent
+
+    lp, ent = jax.lax.map(lambda a: one(*a), (h, tgt))  # [nc, B, chunk]
+    fix = lambda x: jnp.pad(x.swapaxes(0, 1).reshape(B, -1)[:, :n], ((0, 0), (1, 0)))
+    return fix(lp), fix(ent)
 
 
 # ----------------------------------------------------------------------------- critic
@@ -339,8 +383,8 @@ def make_logprob_fn(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, chunks: O
 
         def one(p):
             p = _constrain(p, mesh)
-            logits = llama.forward(model_cfg, params, p["input_ids"], p.get("attention_mask"), p.get("positions"))
-            return L.token_logprobs(logits, p["input_ids"], cfg.temperature)
+            return policy_logprobs_entropy(model_cfg, params, p["input_ids"], p.get("attention_mask"),
+                                           p.get("positions"), cfg.temperature, cfg.logits_chunk_size)[0]
 
         out = jax.lax.map(one, parts)  # [n, mb, T]
         return jnp.moveaxis(out, 0, 1).reshape(B, -1)
@@ -408,8 +452,8 @@ def ppo_loss(model_cfg: LlamaConfig, cfg: PPOConfig, both_params, micro: dict, d
     on = mask > 0
     adv = jnp.where(on, micro["advantages"], 0.0)
     old = jnp.where(on, micro["old_logprobs"], 0.0)
-    logits = llama.forward(model_cfg, params, ids, attn, micro.get("positions"))
-    lp, ent = L.token_logprobs_and_entropy(logits, ids, cfg.temperature)
+    lp, ent = policy_logprobs_entropy(model_cfg, params, ids, attn, micro.get("positions"), cfg.temperature,
+                                      cfg.logits_chunk_size)
     lp_m = jnp.where(on, lp, 0.0)
     pg_loss, mets = L.ppo_policy_loss(lp_m, old, adv, mask, cfg.clip_eps_low, cfg.clip_eps_high,
                                       cfg.dual_clip, cfg.loss_agg_mode, dens["policy"])
@@ -609,8 +653,9 @@ def _cached_step(model_cfg, key_cfg, mesh, donate):
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_logprob_fn(model_cfg, temperature, chunks, mesh):
-    return make_logprob_fn(model_cfg, PPOConfig(temperature=temperature), mesh, chunks)
+def _cached_logprob_fn(model_cfg, temperature, logits_chunk_size, chunks, mesh):
+    return make_logprob_fn(model_cfg, PPOConfig(temperature=temperature, logits_chunk_size=logits_chunk_size),
+                           mesh, chunks)
 
 
 @functools.lru_cache(maxsize=32)
@@ -624,7 +669,7 @@ def build(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, donate: bool = True
     chunks = cfg.num_mini_batches * cfg.num_micro_batches
     return PPOFunctions(
         cfg=cfg,
-        logprobs=_cached_logprob_fn(model_cfg, cfg.temperature, chunks, mesh),
+        logprobs=_cached_logprob_fn(model_cfg, cfg.temperature, cfg.logits_chunk_size, chunks, mesh),
         values=_cached_value_fn(model_cfg, chunks, mesh) if cfg.use_critic else None,
         advantages=make_advantage_fn(cfg),
         step=_cached_step(model_cfg, _step_key(cfg), mesh, donate),

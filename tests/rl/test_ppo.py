@@ -228,3 +228,42 @@ def test_step_rejects_bad_batch(grpo_setup):
         fns.step(state, {k: v for k, v in batch.items() if k != "old_logprobs"})
     with pytest.raises(ValueError, match="divisible"):
         fns.step(state, {k: v[:7] for k, v in batch.items()})
+
+
+def test_chunked_lm_head_matches_full_logits():
+    mc = MC.replace(tie_word_embeddings=True)  # the tied branch; untied reads params["lm_head"] the same way
+    params = {k: v for k, v in _params().items() if k != "lm_head"}
+    r = _rollout(B=4, T=11, seed=7)  # T-1 = 10 positions, chunk 4: a padded last chunk
+    ids, attn = jnp.asarray(r["input_ids"]), jnp.asarray(r["attention_mask"])
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 11)).astype(np.float32))
+
+    def f(p, chunk):
+        lp, ent = ppo.policy_logprobs_entropy(mc, p, ids, attn, None, 0.7, chunk)
+        return (lp * w[0]).sum() + (ent * w[1]).sum(), (lp, ent)
+
+    g = jax.jit(jax.value_and_grad(f, has_aux=True), static_argnums=1)
+    (_, (lp0, e0)), g0 = g(params, None)
+    (_, (lp1, e1)), g1 = g(params, 4)
+    np.testing.assert_allclose(np.asarray(lp1), np.asarray(lp0), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(e1), np.asarray(e0), atol=1e-5)
+    assert np.all(np.asarray(lp1)[:, 0] == 0)
+    assert _max_diff(g0, g1) < 1e-5
+
+
+def test_prepare_folds_kl_into_scores(grpo_setup):
+    from pilotrl_jax.rl import advantages as A
+
+    _, fns0, state = grpo_setup
+    cfg = ppo.PPOConfig(num_mini_batches=1, num_micro_batches=2, kl_coef=0.5, kl_in_reward=True, kl_estimator="k1")
+    fns = ppo.build(MC, cfg, donate=False)
+    assert fns.logprobs is fns0.logprobs  # shared compiled function
+    ref_params = jax.tree.map(lambda x: x * 1.05, _params())
+    r = _rollout(seed=8)
+    b = fns.prepare(state, r, ref_params=ref_params)
+    assert "ref_logprobs" in b and not cfg.kl_in_loss
+    kl = ((np.asarray(b["old_logprobs"]) - np.asarray(b["ref_logprobs"])) * r["loss_mask"]).sum(-1)
+    assert np.abs(kl).max() > 0
+    want = A.grpo(r["scores"] - 0.5 * kl, r["loss_mask"], r["group_ids"], 8)
+    np.testing.assert_allclose(np.asarray(b["advantages"]), np.asarray(want), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="ref_params"):
+        fns.prepare(state, r)

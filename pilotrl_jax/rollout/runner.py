@@ -61,6 +61,9 @@ class RolloutConfig:
     top_k: int = 0
     num_cohorts: int = 2  # 1: lockstep (sample all, then step all); 2+: env steps overlap sampling
     max_live: Optional[int] = None  # cap on episodes held at once (default: sampler rows / envs)
+    env_threads: Optional[int] = None  # threads running env calls (default: one per live episode); use 1 for
+    # in-process engines that are not thread-safe (ALFWorld/TextWorld): calls are then serial but still
+    # overlap sampling. ProcessEnvs (EnvPool) are safe with any number.
     seed: int = 0
     progress: bool = True  # tqdm bar over finished episodes
     verify_tokens: bool = True  # check spans == sampler tokens at every episode's end
@@ -71,7 +74,7 @@ class RolloutConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"RolloutConfig.{name}={v!r}; expected a positive int")
-        for name in ("token_budget", "max_format_errors", "max_live"):
+        for name in ("token_budget", "max_format_errors", "max_live", "env_threads"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"RolloutConfig.{name}={v!r}; expected a positive int or None")
@@ -259,7 +262,8 @@ class RolloutRunner:
 
             bar = tqdm(total=len(todo), desc="rollout", unit="ep", leave=False)
         self._bar = bar
-        pool = cf.ThreadPoolExecutor(max_workers=n_slots, thread_name_prefix="rollout-env")
+        pool = cf.ThreadPoolExecutor(max_workers=min(n_slots, cfg.env_threads or n_slots),
+                                     thread_name_prefix="rollout-env")
         self._pool = pool
         try:
             self._admit()

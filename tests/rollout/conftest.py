@@ -6,7 +6,32 @@ from pilotrl_jax.agent.tokenizer import build_word_tokenizer
 from pilotrl_jax.envs.tiny import TinyEnv, make_tasks
 from pilotrl_jax.models import llama
 from pilotrl_jax.models.config import LlamaConfig
+from pilotrl_jax.rollout import SamplerPolicy
 from pilotrl_jax.sampling import SamplerEngine
+
+
+class RecordingPolicy(SamplerPolicy):
+    """A SamplerPolicy that remembers each episode's engine tokens (by seed) when it is released."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seeds, self.released = {}, {}
+
+    def start(self, prompts_, seeds):
+        hs = super().start(prompts_, seeds)
+        self.seeds.update(zip(hs, seeds))
+        return hs
+
+    def release(self, handles):
+        for h in handles:
+            self.released[self.seeds.pop(h)] = self.engine.tokens(h)
+        super().release(handles)
+
+
+@pytest.fixture(scope="session")
+def recording_policy():
+    """The RecordingPolicy class."""
+    return RecordingPolicy
 
 
 @pytest.fixture(scope="session")

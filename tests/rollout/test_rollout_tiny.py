@@ -15,33 +15,14 @@ from pilotrl_jax.rollout import (STATUSES, EndpointPlans, ExpertPlans, ForcedPol
 SHORT = dict(max_turns=3, max_plan_tokens=24, max_action_tokens=24, progress=False)
 
 
-class RecordingPolicy(SamplerPolicy):
-    """A SamplerPolicy that remembers each episode's engine tokens when it is released."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.released = {}
-
-    def start(self, prompts_, seeds):
-        hs = super().start(prompts_, seeds)
-        for h, s in zip(hs, seeds):
-            self.released[h] = (s, None)
-        return hs
-
-    def release(self, handles):
-        for h in handles:
-            self.released[h] = (self.released[h][0], self.engine.tokens(h))
-        super().release(handles)
-
-
 def _envs(n=8, **kw):
     return [TinyEnv(**kw) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
-def sampled(tiny_engine, tiny_tok, tiny_tasks):
+def sampled(tiny_engine, tiny_tok, tiny_tasks, recording_policy):
     """One sampled rollout (3 tasks x 2) with the engine tokens of every episode recorded."""
-    pol = RecordingPolicy(tiny_engine, temperature=1.0)
+    pol = recording_policy(tiny_engine, temperature=1.0)
     batch = RolloutRunner(pol, _envs(), tiny_tok, RolloutConfig(group_size=2, seed=3, **SHORT)).run(tiny_tasks[:3])
     return batch, pol
 
@@ -50,7 +31,7 @@ def test_spans_equal_sampler_tokens_and_masks(sampled):
     batch, pol = sampled
     assert len(batch) == 6 and [e.group_id for e in batch.episodes] == [0, 0, 1, 1, 2, 2]
     assert [e.sample for e in batch.episodes] == [0, 1] * 3
-    by_seed = dict(pol.released.values())
+    by_seed = pol.released
     assert len(by_seed) == 6
     arr = batch.to_arrays()
     B, T = arr["input_ids"].shape

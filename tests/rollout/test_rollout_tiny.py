@@ -212,3 +212,17 @@ def test_errors_name_the_bad_input(tiny_engine, tiny_tok, tiny_tasks):
         collect(tiny_tasks, tiny_engine, [], tiny_tok)
     with pytest.raises(ValueError, match="react"):
         RolloutRunner(tiny_engine, _envs(1), tiny_tok, RolloutConfig(mode="react", replan=None), planner=ExpertPlans())
+
+
+def test_checkpoint_planner_on_a_second_engine(tiny_engine, tiny_tok, tiny_tasks):
+    """A frozen checkpoint as the stage-1 planner (random weights: malformed plans fall back / keep the plan)."""
+    from pilotrl_jax.rollout import CheckpointPlans
+    from pilotrl_jax.rollout.plans import FALLBACK_PLAN
+
+    planner = CheckpointPlans(tiny_engine, tiny_tok, max_new_tokens=16)
+    b = collect(tiny_tasks[:2], ForcedPolicy(expert_turn), _envs(2), tiny_tok, planner=planner, max_turns=20,
+                progress=False)
+    assert b.statuses == ["success"] * 2 and tiny_engine.num_free == tiny_engine.max_batch
+    for e in b.episodes:
+        assert [s.kind for s in e.spans].count(SpanKind.EXTERNAL_PLAN) >= 1
+        assert e.plan_history[0][2] == FALLBACK_PLAN

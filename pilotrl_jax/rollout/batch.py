@@ -51,6 +51,7 @@ class EpisodeResult:
     error: Optional[str] = None  # env_error: what the environment raised
     plan_history: list = dataclasses.field(default_factory=list)  # (turn, kind name, steps)
     info: dict = dataclasses.field(default_factory=dict)  # final env info (admissible actions dropped)
+    agent: Any = dataclasses.field(default=None, repr=False, compare=False)  # the AgentEpisode (None if never started)
 
     @property
     def length(self) -> int:

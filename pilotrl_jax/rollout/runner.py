@@ -446,7 +446,7 @@ class RolloutRunner:
             format_errors=ep.format_errors if ep is not None else 0,
             num_turns=ep.num_turns if ep is not None else 0, spans=spans, error=l.error,
             plan_history=[(t, SpanKind(k).name.lower(), tuple(s)) for t, k, s in ep.plan_history] if ep else [],
-            info=_slim_info(info))
+            info=_slim_info(info), agent=ep)
         self._release(l)
         if self._bar is not None:
             self._bar.update(1)

@@ -6,7 +6,8 @@ All per-token arrays are [B, T], aligned with input_ids; `mask` is 1.0 on traine
 
 Group layout: either `scores` of shape [n_groups, G] (rows of the batch are group-major: row
 b = g * G + i), or `scores` [B] with `group_ids` [B] int (ids in [0, num_groups); -1 = a row that
-belongs to no group: advantage 0, not counted in any statistic).
+belongs to no group: advantage 0, not counted in any statistic). Without num_groups, ids may be any
+non-negative ints (e.g. global task indices); with num_groups they must lie in [0, num_groups).
 """
 from __future__ import annotations
 
@@ -54,9 +55,20 @@ def _flatten_groups(scores, group_ids, num_groups):
     group_ids = jnp.asarray(group_ids, jnp.int32)
     if group_ids.shape != scores.shape:
         raise ValueError(f"group_ids has shape {group_ids.shape}; expected {scores.shape} like scores")
-    if num_groups is None:
-        num_groups = scores.shape[0]  # ids are < B in any valid layout
+    if num_groups is None:  # arbitrary ids (e.g. global task indices): map them to 0..n-1 first
+        group_ids = dense_group_ids(group_ids)
+        num_groups = scores.shape[0]
     return scores, group_ids, int(num_groups)
+
+
+def dense_group_ids(group_ids):
+    """Map arbitrary int group ids [B] to dense ids in [0, B) (jit-safe); negative ids stay -1 (no group)."""
+    group_ids = jnp.asarray(group_ids, jnp.int32)
+    valid = group_ids >= 0
+    big = jnp.iinfo(jnp.int32).max
+    keyed = jnp.where(valid, group_ids, big)
+    _, inv = jnp.unique(keyed, return_inverse=True, size=group_ids.shape[0], fill_value=big)
+    return jnp.where(valid, inv.reshape(group_ids.shape), -1)
 
 
 def _group_sums(x, group_ids, num_groups):

@@ -428,9 +428,9 @@ def make_advantage_fn(cfg: PPOConfig) -> CountingJit:
         if name in adv_lib.OUTCOME_ESTIMATORS:
             scores = batch["scores"]
             if name == "grpo":
-                adv = adv_lib.grpo(scores, mask, batch["group_ids"], scores.shape[0], cfg.grpo_eps, cfg.grpo_std)
+                adv = adv_lib.grpo(scores, mask, batch["group_ids"], None, cfg.grpo_eps, cfg.grpo_std)
             else:
-                adv = adv_lib.get_advantage_fn(name)(scores, mask, batch["group_ids"], scores.shape[0])
+                adv = adv_lib.get_advantage_fn(name)(scores, mask, batch["group_ids"])
             ret = None
         else:
             rewards = batch.get("token_rewards")

@@ -121,3 +121,16 @@ def test_registry():
     assert A.get_advantage_fn("gae") is A.gae
     with pytest.raises(ValueError, match="grpo"):
         A.get_advantage_fn("ppo")
+
+
+def test_arbitrary_group_ids_are_densified():
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=6).astype(np.float32)
+    m = _mask(rng, 6, 5)
+    g_sparse = np.array([100, 7, 100, 7, -1, 3000], np.int32)
+    g_dense = np.array([1, 0, 1, 0, -1, 2], np.int32)
+    for fn in (A.grpo, A.rloo):
+        a = np.asarray(fn(s, m, group_ids=g_sparse))
+        b = np.asarray(fn(s, m, group_ids=g_dense, num_groups=3))
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(A.dense_group_ids(g_sparse)), [1, 0, 1, 0, -1, 2])

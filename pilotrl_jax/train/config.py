@@ -1,0 +1,214 @@
+"""Training configuration: the base ConfigDict every file in `configs/` starts from, the stage
+presets (SFT warm start, PilotRL stages 1-3), validation, and resolution into typed settings.
+
+A run is a `pipeline` (comma-separated stage names, run in order; each stage starts from the
+previous stage's final checkpoint). Global sections (`rl`, `reward`, `rollout`, `agent`, `env`) give
+defaults; each `stages.<name>` section sets what the paper varies per stage: trained span kinds,
+plan source, steps, learning rate, plan-score weight, KL, advantage estimator, re-planning mode.
+Everything is overridable on the command line: `--config.stages.stage1.steps=5`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from pilotrl_jax.agent import prompts
+from pilotrl_jax.rewards.shaping import RewardConfig
+from pilotrl_jax.rl.ppo import PPOConfig
+
+STAGE_KINDS = ("sft", "rl")
+PLAN_SOURCES = ("expert", "policy", "http", "checkpoint")
+TRAINABLE = ("plan", "action")
+MODEL_SOURCES = ("tiny", "hf", "checkpoint")
+JUDGES = ("grounded", "http", "local")
+INIT_FROM = ("previous", "base")
+
+
+def _stage(kind="rl", trained_spans="action", plan_source="policy", steps=10, lr=1e-6, plan_weight=0.0,
+           kl_coef=0.0, advantage_estimator="grpo", replan="", mode="", tasks_per_step=0, group_size=0,
+           ppo_epochs=1, init_from="previous", plan_source_path="", judge=""):
+    return ml_collections.ConfigDict(dict(
+        kind=kind,
+        trained_spans=trained_spans,  # comma-separated subset of plan,action
+        plan_source=plan_source,  # expert | policy | http | checkpoint (stage 1: who writes the plan)
+        plan_source_path=plan_source_path,  # checkpoint dir (checkpoint) or base URL (http)
+        steps=steps,  # training steps (rollout + update) in this stage
+        lr=lr,
+        ppo_epochs=ppo_epochs,
+        plan_weight=plan_weight,  # weight of the plan-quality score in the reward (stage 2)
+        judge=judge,  # "" = the global judge.kind
+        kl_coef=kl_coef,
+        advantage_estimator=advantage_estimator,
+        replan=replan,  # "" = agent.replan
+        mode=mode,  # "" = agent.mode
+        tasks_per_step=tasks_per_step,  # 0 = rollout.tasks_per_step
+        group_size=group_size,  # 0 = rollout.group_size
+        init_from=init_from,  # previous (the previous stage's final checkpoint) | base (the base model)
+    ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults for every run (paper values where the paper gives them)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(
+        source="tiny",  # tiny (random init, project tokenizer) | hf (HF directory) | checkpoint (ours)
+        path="",
+        hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
+        dtype="float32", param_dtype="float32", scan_layers=False, remat_policy="none",
+    ))
+    c.tokenizer = ml_collections.ConfigDict(dict(
+        path="",  # "" = the model's directory (hf/checkpoint) or built from environment text (tiny)
+        vocab_size=768,  # for a built tokenizer
+        corpus_tasks=48,  # train tasks whose expert episodes make the tokenizer corpus
+    ))
+    c.env = ml_collections.ConfigDict(dict(
+        name="alfworld",
+        num_train_tasks=200,
+        num_eval_tasks=50,
+        train_split="train",
+        eval_split="heldout",
+        task_types="",  # comma-separated subset (alfworld), "" = all
+        isolate=False,  # each env in its own process (needed for parallel JVM envs)
+        kwargs=ml_collections.ConfigDict(),  # family-specific make_env kwargs
+    ))
+    c.agent = ml_collections.ConfigDict(dict(
+        mode="adaplan", replan="every_step", max_turns=30, max_plan_tokens=256, max_action_tokens=128,
+        token_budget=16384, show_admissible=False, max_format_errors=0,  # 0 = no limit
+    ))
+    c.rollout = ml_collections.ConfigDict(dict(
+        tasks_per_step=256, group_size=16, temperature=1.0, top_p=1.0, top_k=0,
+        max_batch=0,  # sampler rows; 0 = tasks_per_step * group_size
+        num_cohorts=2, env_threads=0,  # 0 = auto (1 for in-process engines, else one per episode)
+    ))
+    ppo = dataclasses.asdict(PPOConfig())
+    c.rl = ml_collections.ConfigDict(ppo)
+    c.reward = ml_collections.ConfigDict(dataclasses.asdict(RewardConfig()))
+    c.judge = ml_collections.ConfigDict(dict(
+        kind="grounded", base_url="", model="", api_key_env="", timeout=60.0, concurrency=8, checkpoint="",
+        max_units=8,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(
+        every=0,  # steps between evaluations inside a stage (0 = only at the end of each stage)
+        num_tasks=50, temperature=0.6, top_p=0.9, modes="adaplan", group_size=1,
+    ))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=1, keep=3, async_save=True))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.sft = ml_collections.ConfigDict(dict(batch_size=16, max_len=0, weight_decay=0.0, warmup_steps=0))
+    c.pipeline = "stage1,stage2,stage3"
+    c.stages = ml_collections.ConfigDict(dict(
+        sft=_stage(kind="sft", trained_spans="plan,action", plan_source="expert", steps=100, lr=1e-3),
+        stage1=_stage(trained_spans="action", plan_source="expert", steps=10),
+        stage2=_stage(trained_spans="plan", plan_source="policy", steps=20, plan_weight=0.5),
+        stage3=_stage(trained_spans="plan,action", plan_source="policy", steps=10),
+    ))
+    return c
+
+
+def _split(s: Any) -> tuple[str, ...]:
+    if isinstance(s, (tuple, list)):
+        return tuple(str(x).strip() for x in s if str(x).strip())
+    return tuple(x.strip() for x in str(s).split(",") if x.strip())
+
+
+def pipeline(c) -> tuple[str, ...]:
+    """Stage names to run, in order."""
+    return _split(c.pipeline)
+
+
+def validate(c) -> None:
+    """Raise a ValueError naming the first bad key and what it accepts."""
+    names = pipeline(c)
+    if not names:
+        raise ValueError("config.pipeline is empty; expected e.g. 'sft,stage1,stage2,stage3'")
+    for n in names:
+        if n not in c.stages:
+            raise ValueError(f"config.pipeline names stage {n!r}; defined stages are {sorted(c.stages.keys())}")
+    if c.model.source not in MODEL_SOURCES:
+        raise ValueError(f"config.model.source={c.model.source!r}; expected one of {MODEL_SOURCES}")
+    if c.model.source != "tiny" and not c.model.path:
+        raise ValueError(f"config.model.source={c.model.source!r} needs config.model.path (a model directory)")
+    if c.judge.kind not in JUDGES:
+        raise ValueError(f"config.judge.kind={c.judge.kind!r}; expected one of {JUDGES}")
+    prompts.check_mode(c.agent.mode, c.agent.replan)
+    for mode in _split(c.eval.modes):
+        if mode not in prompts.AGENT_MODES:
+            raise ValueError(f"config.eval.modes has {mode!r}; expected a subset of {prompts.AGENT_MODES}")
+    for n in names:
+        s = c.stages[n]
+        where = f"config.stages.{n}"
+        if s.kind not in STAGE_KINDS:
+            raise ValueError(f"{where}.kind={s.kind!r}; expected one of {STAGE_KINDS}")
+        spans = _split(s.trained_spans)
+        bad = [x for x in spans if x not in TRAINABLE]
+        if bad or not spans:
+            raise ValueError(f"{where}.trained_spans={s.trained_spans!r} has {bad or 'nothing'}; "
+                             f"expected a non-empty subset of {set(TRAINABLE)}")
+        if s.plan_source not in PLAN_SOURCES:
+            raise ValueError(f"{where}.plan_source={s.plan_source!r}; expected one of {PLAN_SOURCES}")
+        if s.plan_source in ("http", "checkpoint") and not s.plan_source_path:
+            raise ValueError(f"{where}.plan_source={s.plan_source!r} needs {where}.plan_source_path")
+        if s.plan_source != "policy" and "plan" in spans and s.kind == "rl":
+            raise ValueError(f"{where} trains 'plan' spans but plan_source={s.plan_source!r} writes the plan; "
+                             "use plan_source='policy' (stages 2-3) or trained_spans='action' (stage 1)")
+        if s.init_from not in INIT_FROM:
+            raise ValueError(f"{where}.init_from={s.init_from!r}; expected one of {INIT_FROM}")
+        if s.steps < 0:
+            raise ValueError(f"{where}.steps={s.steps}; expected >= 0")
+        if s.judge and s.judge not in JUDGES:
+            raise ValueError(f"{where}.judge={s.judge!r}; expected one of {JUDGES} or ''")
+        modes = _split(s.mode or c.agent.mode)
+        if len(modes) > 1 and s.kind != "sft":
+            raise ValueError(f"{where}.mode={s.mode!r}; several modes are for SFT demonstrations only")
+        for mode in modes:
+            prompts.check_mode(mode, (s.replan or c.agent.replan) if mode == "adaplan" else None)
+        resolve_stage(c, n)  # typed settings validate themselves (PPOConfig, RewardConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSettings:
+    """A stage with the global defaults folded in, as typed objects."""
+
+    name: str
+    kind: str
+    trained_spans: tuple[str, ...]
+    plan_source: str
+    plan_source_path: str
+    steps: int
+    mode: str
+    replan: Any
+    tasks_per_step: int
+    group_size: int
+    judge: str
+    init_from: str
+    ppo: PPOConfig
+    reward: RewardConfig
+
+
+def resolve_stage(c, name: str) -> StageSettings:
+    """Fold global sections and the stage's own keys into typed settings."""
+    s = c.stages[name]
+    rl = dict(c.rl.to_dict())
+    rl.update(lr=float(s.lr), epochs=int(s.ppo_epochs), kl_coef=float(s.kl_coef),
+              advantage_estimator=s.advantage_estimator, temperature=float(c.rollout.temperature))
+    if rl.get("advantage_estimator") == "gae":
+        rl["use_critic"] = True
+    fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    unknown = sorted(set(rl) - fields)
+    if unknown:
+        raise ValueError(f"config.rl has unknown keys {unknown}; PPOConfig takes {sorted(fields)}")
+    ppo = PPOConfig(**rl)
+    rw = dict(c.reward.to_dict())
+    rw["plan_weight"] = float(s.plan_weight)
+    reward = RewardConfig(**rw)
+    mode = _split(s.mode or c.agent.mode)[0]
+    replan = (s.replan or c.agent.replan) if mode == "adaplan" else None
+    return StageSettings(
+        name=name, kind=s.kind, trained_spans=_split(s.trained_spans), plan_source=s.plan_source,
+        plan_source_path=s.plan_source_path, steps=int(s.steps), mode=mode, replan=replan,
+        tasks_per_step=int(s.tasks_per_step or c.rollout.tasks_per_step),
+        group_size=int(s.group_size or c.rollout.group_size), judge=s.judge or c.judge.kind,
+        init_from=s.init_from, ppo=ppo, reward=reward,
+    )

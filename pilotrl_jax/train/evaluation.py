@@ -1,0 +1,80 @@
+"""Evaluation: run the policy on held-out tasks and report success per environment and task type."""
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional, Sequence
+
+from pilotrl_jax.rollout import RolloutConfig, RolloutRunner, SamplerPolicy
+from pilotrl_jax.sampling.engine import SamplerEngine
+
+
+def make_engine(ctx, params, rows: int, seed: int) -> SamplerEngine:
+    """A sampler engine over `params` sized for `rows` episodes of the run's token budget."""
+    from pilotrl_jax.agent.tokenizer import STOP_STRINGS
+
+    return SamplerEngine(ctx.model_cfg, params, max_batch=max(1, rows), max_len=int(ctx.cfg.agent.token_budget),
+                         mesh=ctx.mesh, seed=seed, tokenizer=ctx.tokenizer, stop_strings=STOP_STRINGS)
+
+
+def rollout_config(ctx, *, group_size: int, mode: str, replan: Optional[str], temperature: float, top_p: float,
+                   seed: int, progress: bool = True) -> RolloutConfig:
+    """RolloutConfig from the run's agent/rollout sections."""
+    a, r = ctx.cfg.agent, ctx.cfg.rollout
+    in_process = not ctx.cfg.env.isolate and ctx.cfg.env.name in ("alfworld", "scienceworld")
+    threads = int(r.env_threads) or (1 if in_process else None)
+    return RolloutConfig(
+        group_size=int(group_size), mode=mode, replan=replan if mode == "adaplan" else None,
+        max_turns=int(a.max_turns), max_plan_tokens=int(a.max_plan_tokens), max_action_tokens=int(a.max_action_tokens),
+        token_budget=int(a.token_budget), max_format_errors=int(a.max_format_errors) or None,
+        show_admissible=bool(a.show_admissible), temperature=float(temperature), top_p=float(top_p),
+        top_k=int(r.top_k), num_cohorts=int(r.num_cohorts), env_threads=threads, seed=int(seed), progress=progress,
+    )
+
+
+def success_table(batch, tasks: Sequence[Any]) -> dict:
+    """Success rate overall and per task type from a RolloutBatch (group-major order)."""
+    by_type: dict = collections.defaultdict(lambda: [0, 0])
+    for e in batch.episodes:
+        t = tasks[e.group_id]
+        key = t.task_type or "all"
+        by_type[key][0] += int(bool(e.won))
+        by_type[key][1] += 1
+    n = len(batch.episodes)
+    won = sum(int(bool(e.won)) for e in batch.episodes)
+    return {
+        "episodes": n,
+        "success_rate": won / max(n, 1),
+        "per_type": {k: {"success_rate": v[0] / v[1], "episodes": v[1]} for k, v in sorted(by_type.items())},
+        "mean_turns": sum(e.num_turns for e in batch.episodes) / max(n, 1),
+        "format_error_rate": sum(int(e.format_errors > 0) for e in batch.episodes) / max(n, 1),
+    }
+
+
+def evaluate(ctx, params, tasks: Sequence[Any], mode: str = "adaplan", replan: Optional[str] = None,
+             temperature: Optional[float] = None, top_p: Optional[float] = None, seed: int = 12345,
+             group_size: int = 1, max_rows: int = 64, progress: bool = True) -> tuple[dict, Any]:
+    """Run the policy (its own plans) on `tasks`; returns (success table, RolloutBatch)."""
+    e = ctx.cfg.eval
+    temperature = float(e.temperature if temperature is None else temperature)
+    top_p = float(e.top_p if top_p is None else top_p)
+    replan = replan or ctx.cfg.agent.replan
+    rows = min(max_rows, len(tasks) * group_size)
+    engine = make_engine(ctx, params, rows, seed)
+    rc = rollout_config(ctx, group_size=group_size, mode=mode, replan=replan, temperature=temperature, top_p=top_p,
+                        seed=seed, progress=progress)
+    runner = RolloutRunner(SamplerPolicy(engine, temperature, top_p, int(ctx.cfg.rollout.top_k)),
+                           ctx.env_factory, ctx.tokenizer, rc)
+    batch = runner.run(list(tasks))
+    return success_table(batch, list(tasks)), batch
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A plain-text table of evaluation rows (keys: model, mode, success_rate, episodes, per_type)."""
+    types = sorted({k for r in rows for k in r.get("per_type", {})})
+    head = f"{'model':<14} {'mode':<8} {'success':>8} {'episodes':>8} " + " ".join(f"{t[:14]:>14}" for t in types)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        per = r.get("per_type", {})
+        cells = " ".join(f"{per[t]['success_rate'] * 100:>13.1f}%" if t in per else f"{'-':>14}" for t in types)
+        lines.append(f"{r['model']:<14} {r['mode']:<8} {r['success_rate'] * 100:>7.1f}% {r['episodes']:>8} {cells}")
+    return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""What every stage of a run shares: tasks, environment factory, tokenizer, model config, base params.
+
+Everything that must stay identical across stages and resumes (the built tokenizer, a tiny model's
+initial params, generated games) is written once under the run's workdir and read back afterwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable
+
+import jax
+
+from pilotrl_jax import sharding as sh
+from pilotrl_jax.envs import registry
+from pilotrl_jax.models import hf_io, llama, param_store
+from pilotrl_jax.models.config import LlamaConfig
+from pilotrl_jax.train.config import _split
+
+
+@dataclasses.dataclass
+class RunContext:
+    """Shared state of one run (all stages)."""
+
+    cfg: Any
+    workdir: str
+    model_cfg: LlamaConfig
+    tokenizer: Any
+    mesh: Any
+    train_tasks: list
+    eval_tasks: list
+    env_factory: Callable[[], Any]
+    base_path: str  # HF dir or param_store dir of the base model
+    base_is_hf: bool
+
+    def load_base_params(self):
+        """The base model's params (placed on the mesh when there is one)."""
+        return load_params_any(self.base_path, self.base_is_hf, self.model_cfg, self.mesh)
+
+
+def model_overrides(cfg) -> dict:
+    """Our own model fields (dtype, scan, remat) from the config."""
+    m = cfg.model
+    return dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=bool(m.scan_layers),
+                remat_policy=m.remat_policy)
+
+
+def load_params_any(path: str, is_hf: bool, model_cfg: LlamaConfig, mesh=None):
+    """Params from an HF directory or a param_store checkpoint, in `model_cfg`'s layout."""
+    ours = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
+                remat_policy=model_cfg.remat_policy)
+    if is_hf:
+        _, params = hf_io.load_hf(path, mesh=mesh, **ours)
+    else:
+        _, params = param_store.load_params(path, mesh=mesh, **ours)
+    return params
+
+
+def make_mesh(cfg):
+    """The device mesh from config.mesh (None on a single device)."""
+    if jax.device_count() == 1:
+        return None
+    return sh.make_mesh(dict(cfg.mesh.to_dict()))
+
+
+def env_task_kwargs(cfg, workdir: str) -> dict:
+    """Family-specific `load_tasks` kwargs (ALFWorld games are generated under the workdir)."""
+    e = cfg.env
+    if e.name == "alfworld":
+        kw = dict(out_dir=os.path.join(workdir, "games"), n_train=int(e.num_train_tasks),
+                  n_heldout=int(e.num_eval_tasks))
+        if e.task_types:
+            kw["task_types"] = list(_split(e.task_types))
+        return kw
+    return {}
+
+
+def load_splits(cfg, workdir: str) -> tuple[list, list]:
+    """(train tasks, held-out tasks) for the run's environment."""
+    e = cfg.env
+    kw = env_task_kwargs(cfg, workdir)
+    if e.name == "alfworld":
+        train = registry.load_tasks("alfworld", e.train_split, None, cfg.seed, **kw)
+        held = registry.load_tasks("alfworld", e.eval_split, None, cfg.seed, **kw)
+    else:
+        train = registry.load_tasks(e.name, e.train_split, int(e.num_train_tasks), cfg.seed, **kw)
+        held = registry.load_tasks(e.name, e.eval_split, int(e.num_eval_tasks), cfg.seed, **kw)
+    if not train or not held:
+        raise ValueError(f"env {e.name!r} gave {len(train)} train and {len(held)} held-out tasks; "
+                         "check config.env.num_train_tasks / num_eval_tasks / splits")
+    return train, held
+
+
+def env_factory(cfg) -> Callable[[], Any]:
+    """A () -> TextEnv factory for the run's environment."""
+    e = cfg.env
+    kwargs = dict(e.kwargs.to_dict()) if e.kwargs else {}
+    return functools.partial(registry.make_env, e.name, isolate=bool(e.isolate), **kwargs)
+
+
+def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str) -> list[str]:
+    """Text of expert episodes (observations, actions, plan steps): a tokenizer's training corpus."""
+    from pilotrl_jax.rollout.policies import expert_plan_from_actions
+
+    texts: list[str] = []
+    env = factory()
+    try:
+        for task in tasks:
+            obs, _ = env.reset(task)
+            texts.append(obs)
+            for _ in range(60):
+                acts = list(env.expert_actions() or [])
+                if not acts:
+                    break
+                plan = expert_plan_from_actions(env_name, acts) or []
+                texts.extend(plan)
+                res = env.step(acts[0])
+                texts.extend([acts[0], res.observation])
+                if res.done:
+                    break
+    finally:
+        env.close()
+    return texts
+
+
+def _tokenizer(cfg, workdir: str, train_tasks: list, factory) -> Any:
+    import transformers
+
+    from pilotrl_jax.agent.tokenizer import build_word_tokenizer
+
+    if cfg.tokenizer.path:
+        return transformers.AutoTokenizer.from_pretrained(cfg.tokenizer.path)
+    if cfg.model.source == "hf":
+        return transformers.AutoTokenizer.from_pretrained(cfg.model.path)
+    if cfg.model.source == "checkpoint":
+        d = os.path.dirname(param_store.resolve_params_dir(cfg.model.path)[1])
+        tok_dir = os.path.join(d, "tokenizer")
+        if not os.path.exists(tok_dir):
+            raise FileNotFoundError(f"no tokenizer next to checkpoint {cfg.model.path}; set config.tokenizer.path")
+        return transformers.AutoTokenizer.from_pretrained(tok_dir)
+    tok_dir = os.path.join(workdir, "tokenizer")
+    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+        return transformers.AutoTokenizer.from_pretrained(tok_dir)
+    corpus = expert_corpus(factory, train_tasks[: int(cfg.tokenizer.corpus_tasks)], cfg.env.name)
+    tok = build_word_tokenizer(corpus, vocab_size=int(cfg.tokenizer.vocab_size))
+    if jax.process_index() == 0:
+        tok.save_pretrained(tok_dir)
+    return tok
+
+
+def build_context(cfg, workdir: str) -> RunContext:
+    """Tasks, env factory, tokenizer, model config and base params location for a run."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    train, held = load_splits(cfg, workdir)
+    factory = env_factory(cfg)
+    tok = _tokenizer(cfg, workdir, train, factory)
+    mesh = make_mesh(cfg)
+    ours = model_overrides(cfg)
+    m = cfg.model
+    if m.source == "hf":
+        model_cfg = LlamaConfig.from_json_file(os.path.join(m.path, "config.json"), **ours)
+        base, is_hf = m.path, True
+    elif m.source == "checkpoint":
+        _, cfg_file = param_store.resolve_params_dir(m.path)
+        with open(cfg_file) as f:
+            model_cfg = param_store.config_from_json(json.load(f), **ours)
+        base, is_hf = m.path, False
+    else:
+        eos = tok.convert_tokens_to_ids(tok.eos_token) if tok.eos_token else None
+        model_cfg = LlamaConfig(
+            vocab_size=len(tok), hidden_size=int(m.hidden_size), intermediate_size=int(m.intermediate_size),
+            num_layers=int(m.num_layers), num_heads=int(m.num_heads), num_kv_heads=int(m.num_kv_heads),
+            head_dim=int(m.head_dim), max_position_embeddings=max(4096, int(cfg.agent.token_budget)),
+            bos_token_id=tok.bos_token_id, eos_token_ids=() if eos is None else (int(eos),),
+            pad_token_id=tok.pad_token_id, **ours,
+        )
+        base, is_hf = os.path.join(workdir, "base"), False
+        if not os.path.exists(os.path.join(base, "params")):
+            params = llama.init_params(model_cfg, jax.random.PRNGKey(int(cfg.seed)), mesh=mesh)
+            param_store.save_params(base, model_cfg, params)
+    return RunContext(cfg=cfg, workdir=workdir, model_cfg=model_cfg, tokenizer=tok, mesh=mesh, train_tasks=train,
+                      eval_tasks=held, env_factory=factory, base_path=base, base_is_hf=is_hf)
+
+
+def save_tokenizer_next_to(ctx: RunContext, directory: str) -> None:
+    """Copy the run's tokenizer into `directory/tokenizer` (export finds it there)."""
+    if jax.process_index() == 0:
+        ctx.tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
+
+
+def task_types(tasks: list) -> list[str]:
+    """Distinct task types, sorted."""
+    return sorted({t.task_type or "all" for t in tasks})

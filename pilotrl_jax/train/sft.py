@@ -1,0 +1,117 @@
+"""SFT warm start on expert AdaPlan (and ReAct) demonstrations, for models that never saw the format.
+
+Demonstrations are real rollouts whose policy text is the environment expert's (a `ForcedPolicy`),
+so they carry exactly the token layout RL will use. The loss is next-token cross-entropy on the
+trained span kinds only.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pilotrl_jax.models import llama
+from pilotrl_jax.rl import masks as masks_lib
+from pilotrl_jax.rollout import ForcedPolicy, RolloutRunner, expert_turn
+from pilotrl_jax.train.config import _split
+
+
+def sft_loss(model_cfg, params, batch: dict):
+    """Mean next-token NLL over `loss_mask` tokens (entry t of the mask is about token t)."""
+    logits = llama.forward(model_cfg, params, batch["input_ids"], batch["attention_mask"])
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tgt = batch["input_ids"][:, 1:]
+    nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    m = batch["loss_mask"][:, 1:]
+    return (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
+def make_sft_step(model_cfg, tx):
+    """Jitted (params, opt_state, batch) -> (params, opt_state, loss)."""
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(lambda p: sft_loss(model_cfg, p, batch))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def collect_demos(ctx, tasks, mode: str, replan, seed: int) -> Any:
+    """Expert-driven rollouts (RolloutBatch) on `tasks` in `mode`."""
+    from pilotrl_jax.train.evaluation import rollout_config
+
+    rc = rollout_config(ctx, group_size=1, mode=mode, replan=replan, temperature=1.0, top_p=1.0, seed=seed)
+    policy = ForcedPolicy(expert_turn, max_len=int(ctx.cfg.agent.token_budget))
+    return RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc).run(list(tasks))
+
+
+def demo_arrays(ctx, st, stage_dir: str) -> dict:
+    """Demonstration arrays (cached in the stage dir, so a resumed SFT sees the same data)."""
+    path = os.path.join(stage_dir, "demos.npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return dict(z)
+    modes = _split(ctx.cfg.stages[st.name].mode or ctx.cfg.agent.mode)
+    parts = []
+    for i, mode in enumerate(modes):
+        batch = collect_demos(ctx, ctx.train_tasks, mode, st.replan or ctx.cfg.agent.replan, ctx.cfg.seed + i)
+        ok = [e for e in batch.episodes if e.won]
+        batch.episodes = ok  # only successful demonstrations
+        parts.append(batch)
+    T = max(max(e.length for e in b.episodes) for b in parts if b.episodes)
+    T = int(-(-T // 64) * 64)
+    arrs = [b.to_arrays(pad_to=T) for b in parts if b.episodes]
+    ids = np.concatenate([a["input_ids"] for a in arrs])
+    kinds = np.concatenate([a["kind_ids"] for a in arrs])
+    out = {"input_ids": ids, "kind_ids": kinds, "attention_mask": (kinds != 0).astype(np.int32)}
+    os.makedirs(stage_dir, exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
+def run_sft_stage(ctx, st, params, stage_dir: str, ck, metrics, stop_flag) -> Any:
+    """Train `st.steps` SFT steps from `params` (resuming from `ck`); returns the final params."""
+    cfg = ctx.cfg
+    data = demo_arrays(ctx, st, stage_dir)
+    n = data["input_ids"].shape[0]
+    if n == 0:
+        raise RuntimeError("the expert solved no training task, so there are no demonstrations for SFT")
+    loss_mask = np.asarray(masks_lib.loss_mask(data["kind_ids"], st.trained_spans))
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(optax.warmup_constant_schedule(0.0, st.ppo.lr, max(1, int(cfg.sft.warmup_steps)))
+                                 if int(cfg.sft.warmup_steps) else st.ppo.lr,
+                                 weight_decay=float(cfg.sft.weight_decay)))
+    opt_state = tx.init(params)
+    start = 0
+    got = ck.restore_latest(params, {"opt_state": opt_state})
+    if got is not None:
+        start, params, rest, _ = got
+        opt_state = rest["opt_state"]
+        print(f"[{st.name}] resumed from step {start}", flush=True)
+    metrics.truncate_after(start)
+    step_fn = make_sft_step(ctx.model_cfg, tx)
+    bs = min(int(cfg.sft.batch_size), n)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, st.steps), desc=st.name, unit="step", initial=start, total=st.steps)
+    for step in bar:
+        rng = np.random.default_rng([int(cfg.seed), step])
+        idx = rng.choice(n, size=bs, replace=False)
+        batch = {"input_ids": jnp.asarray(data["input_ids"][idx]),
+                 "attention_mask": jnp.asarray(data["attention_mask"][idx]),
+                 "loss_mask": jnp.asarray(loss_mask[idx])}
+        params, opt_state, loss = step_fn(params, opt_state, batch)
+        loss = float(loss)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        metrics.write(step + 1, {"sft/loss": loss, "sft/demos": n})
+        if (step + 1) % int(cfg.checkpoint.every) == 0 or step + 1 == st.steps or stop_flag():
+            ck.save(step + 1, params, {"opt_state": opt_state}, {"stage": st.name, "data_pos": step + 1})
+        if stop_flag():
+            break
+    return params

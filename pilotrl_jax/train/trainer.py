@@ -1,0 +1,326 @@
+"""The PilotRL trainer: a pipeline of stages (SFT warm start, stage 1 → 2 → 3), each starting from
+the previous stage's final checkpoint.
+
+An RL step: rollouts (N tasks × G episodes, AdaPlan/ReAct) → rewards (outcome, format, overlong,
+plan score from a judge) → advantages → `ppo_step` → metrics → checkpoint; evaluation on held-out
+tasks every `eval.every` steps and at the end of the stage.
+
+Layout under WORKDIR:
+    tokenizer/, base/, games/          shared by every stage (built once)
+    <stage>/metrics.jsonl, <stage>/tb/ metrics
+    <stage>/checkpoints/<step>/        resumable state; <stage>/checkpoints/final|best/ params
+    <stage>/eval.json, <stage>/DONE    the stage's final evaluation; DONE once it finished
+    curves.png                         all stages' curves
+Rerunning the same command with the same WORKDIR resumes: finished stages are skipped and an
+interrupted stage continues from its latest readable checkpoint (same seeds → same result).
+SIGTERM (e.g. TPU preemption) saves at the end of the current step and exits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from pilotrl_jax.rl import masks as masks_lib
+from pilotrl_jax.rl import metrics as M
+from pilotrl_jax.rl import ppo
+from pilotrl_jax.rollout import CheckpointPlans, EndpointPlans, ExpertPlans, RolloutRunner, SamplerPolicy
+from pilotrl_jax.train import config as C
+from pilotrl_jax.train import setup as S
+from pilotrl_jax.train.checkpoints import Checkpointer
+from pilotrl_jax.train.evaluation import evaluate, make_engine, rollout_config
+from pilotrl_jax.train.metrics import MetricsWriter, plot_curves
+from pilotrl_jax.train.sft import run_sft_stage
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT: the trainer saves at the end of the current step and exits."""
+
+    def __init__(self):
+        self.set = False
+        self._old = {}
+
+    def __call__(self) -> bool:
+        return self.set
+
+    def install(self) -> "StopFlag":
+        """Catch SIGTERM (preemption) in the main thread."""
+        def handler(signum, frame):
+            print(f"received signal {signum}: saving a checkpoint at the end of this step", flush=True)
+            self.set = True
+
+        try:
+            self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def uninstall(self) -> None:
+        """Restore the previous handlers."""
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Preempted(SystemExit):
+    """Raised after a SIGTERM-triggered save; exit status 143 like a terminated process."""
+
+    def __init__(self):
+        super().__init__(143)
+
+
+def step_tasks(tasks: list, per_step: int, step: int, seed: int) -> list:
+    """The tasks of training step `step`: consecutive slices of a per-epoch seeded shuffle."""
+    n = len(tasks)
+    out = []
+    for k in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(k, n)
+        order = np.random.default_rng([int(seed), epoch]).permutation(n)
+        out.append(tasks[int(order[pos])])
+    return out
+
+
+def rollout_seed(seed: int, stage_index: int, step: int) -> int:
+    """The rollout seed of a step (sampler seeds per episode derive from it)."""
+    return int(np.random.SeedSequence([int(seed), 1000 + stage_index, int(step)]).generate_state(1)[0])
+
+
+def _rest_of(state: ppo.TrainState) -> dict:
+    """The TrainState without policy params (saved as a separate checkpoint item); no None leaves."""
+    d = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    if state.critic_params is not None:
+        d["critic_params"] = state.critic_params
+        d["critic_opt_state"] = state.critic_opt_state
+    return d
+
+
+def make_planner(ctx, st: C.StageSettings):
+    """The stage-1 plan source (None when the policy writes its own plans)."""
+    if st.plan_source == "policy":
+        return None
+    if st.plan_source == "expert":
+        return ExpertPlans()
+    if st.plan_source == "http":
+        from pilotrl_jax.rewards.openai_client import ClientConfig, OpenAIClient
+
+        j = ctx.cfg.judge
+        client = OpenAIClient(ClientConfig(base_url=st.plan_source_path, model=j.model or "planner",
+                                           api_key_env=j.api_key_env or None, timeout_s=float(j.timeout)))
+
+        def complete(messages):
+            res = client.chat(messages)
+            if not res.ok:
+                raise RuntimeError(res.error)
+            return res.content
+
+        return EndpointPlans(complete, max_workers=int(j.concurrency))
+    # a frozen checkpoint (ours) writes the plans
+    params = S.load_params_any(st.plan_source_path, False, ctx.model_cfg, ctx.mesh)
+    engine = make_engine(ctx, params, rows=16, seed=ctx.cfg.seed)
+    return CheckpointPlans(engine, ctx.tokenizer, max_new_tokens=int(ctx.cfg.agent.max_plan_tokens))
+
+
+def make_judge(ctx, st: C.StageSettings, params):
+    """The plan-quality judge of a stage (None when the reward has no plan term)."""
+    if st.reward.plan_weight <= 0:
+        return None
+    from pilotrl_jax.rewards import make_judge as mk
+
+    j = ctx.cfg.judge
+    if st.judge == "grounded":
+        return mk("grounded")
+    if st.judge == "http":
+        return mk("http", base_url=j.base_url, model=j.model, api_key_env=j.api_key_env or None,
+                  timeout_s=float(j.timeout), max_concurrency=int(j.concurrency), max_units=int(j.max_units))
+    judge_params = S.load_params_any(j.checkpoint, False, ctx.model_cfg, ctx.mesh) if j.checkpoint else params
+    return mk("local", config=ctx.model_cfg, params=judge_params, tokenizer=ctx.tokenizer, max_units=int(j.max_units))
+
+
+def episode_summary(e, judgement):
+    """The reward's view of a finished episode (an episode whose env never started scores 0)."""
+    from pilotrl_jax.rewards import EpisodeSummary, summarize_episode
+
+    if e.agent is None:
+        return EpisodeSummary(won=False, score=0.0, format_errors=int(e.format_errors), response_len=0)
+    return summarize_episode(e.agent, judgement)
+
+
+def rollout_metrics(batch, rewards) -> dict:
+    """Flat metrics of one rollout batch and its rewards."""
+    s = batch.summary()
+    eps = batch.episodes
+    out = {
+        "success/train": s["success_rate"],
+        "score/train": s["mean_score"],
+        "length/mean": float(np.mean([e.length for e in eps])),
+        "length/policy_tokens": float(np.mean([e.policy_tokens for e in eps])),
+        "turns/mean": float(np.mean([e.num_turns for e in eps])),
+        "format_errors/mean": float(np.mean([e.format_errors for e in eps])),
+    }
+    for k, v in s.get("statuses", {}).items():
+        out[f"status/{k}"] = v
+    st = batch.stats or {}
+    for k in ("wall_s", "generate_s", "model_busy", "episodes_per_s", "policy_tokens"):
+        if k in st:
+            out[f"rollout/{k}"] = st[k]
+    out.update(rewards.metrics)
+    return out
+
+
+def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: str, ck: Checkpointer,
+                 metrics: MetricsWriter, stop_flag) -> Any:
+    """Train `st.steps` PPO steps from `params` (resuming from `ck`); returns the final params."""
+    from pilotrl_jax.rewards import JudgeRequest, compute_rewards
+
+    cfg = ctx.cfg
+    fns = ppo.build(ctx.model_cfg, st.ppo, ctx.mesh)
+    ref_params = params if st.ppo.needs_ref else None
+    state = ppo.init_train_state(ctx.model_cfg, st.ppo, params, jax.random.PRNGKey(int(cfg.seed) + stage_index),
+                                 mesh=ctx.mesh)
+    start = 0
+    got = ck.restore_latest(state.params, _rest_of(state))
+    if got is not None:
+        start, p, rest, _ = got
+        state = state.replace(params=p, **rest)
+        print(f"[{st.name}] resumed from step {start}", flush=True)
+    metrics.truncate_after(start)
+    rows = st.tasks_per_step * st.group_size
+    if int(cfg.rollout.max_batch):
+        rows = min(rows, int(cfg.rollout.max_batch))
+    engine = make_engine(ctx, state.params, rows, seed=int(cfg.seed))
+    planner = make_planner(ctx, st)
+    judge = make_judge(ctx, st, params)
+    best = -1.0
+    for step in range(start, st.steps):
+        t0 = time.perf_counter()
+        engine.params = state.params
+        tasks = step_tasks(ctx.train_tasks, st.tasks_per_step, step, int(cfg.seed) + stage_index)
+        rc = rollout_config(ctx, group_size=st.group_size, mode=st.mode, replan=st.replan,
+                            temperature=float(cfg.rollout.temperature), top_p=float(cfg.rollout.top_p),
+                            seed=rollout_seed(cfg.seed, stage_index, step), progress=False)
+        policy = SamplerPolicy(engine, rc.temperature, rc.top_p, rc.top_k)
+        batch = RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc, planner=planner).run(tasks)
+        t_roll = time.perf_counter() - t0
+        judgements = [None] * len(batch.episodes)
+        judge_stats = {}
+        if judge is not None:
+            started = [i for i, e in enumerate(batch.episodes) if e.agent is not None]
+            got = judge.score([JudgeRequest.from_episode(batch.episodes[i].agent, batch.episodes[i].task_id)
+                               for i in started])
+            for i, j in zip(started, got):
+                judgements[i] = j
+            judge_stats = {f"judge/{k}": v for k, v in judge.stats().items() if isinstance(v, (int, float))}
+        rewards = compute_rewards([episode_summary(e, j) for e, j in zip(batch.episodes, judgements)], st.reward)
+        arr = batch.to_arrays()
+        rollout = {
+            "input_ids": arr["input_ids"], "attention_mask": arr["attention_mask"],
+            "loss_mask": np.asarray(masks_lib.loss_mask(arr["kind_ids"], st.trained_spans)),
+            "sampler_logprobs": arr["sampler_logprobs"], "scores": rewards.reward, "group_ids": arr["group_ids"],
+        }
+        t1 = time.perf_counter()
+        ppo_batch = fns.prepare(state, rollout, ref_params)
+        state, mets = fns.step(state, ppo_batch)
+        ppo_mets = {f"ppo/{k}": v for k, v in M.finalize(jax.device_get(mets)).items()}
+        t_upd = time.perf_counter() - t1
+        row = rollout_metrics(batch, rewards)
+        row.update(ppo_mets)
+        row.update(judge_stats)
+        row.update({"time/rollout_s": t_roll, "time/update_s": t_upd, "time/step_s": time.perf_counter() - t0,
+                    "batch/seq_len": arr["input_ids"].shape[1], "batch/episodes": arr["input_ids"].shape[0]})
+        do_eval = int(cfg.eval.every) > 0 and (step + 1) % int(cfg.eval.every) == 0 and step + 1 < st.steps
+        if do_eval:
+            table, _ = evaluate(ctx, state.params, ctx.eval_tasks[: int(cfg.eval.num_tasks)], mode=st.mode,
+                                replan=st.replan, progress=False)
+            row["eval/success"] = table["success_rate"]
+            if table["success_rate"] > best:
+                best = table["success_rate"]
+                ck.save_params_copy("best", state.params)
+        metrics.write(step + 1, row)
+        print(f"[{st.name}] step {step + 1}/{st.steps} reward {row['reward/mean']:+.3f} "
+              f"success {row['success/train']:.2f} len {row['length/mean']:.0f} "
+              f"({row['time/step_s']:.1f}s)", flush=True)
+        last = step + 1 == st.steps
+        if (step + 1) % int(cfg.checkpoint.every) == 0 or last or stop_flag():
+            ck.save(step + 1, state.params, _rest_of(state),
+                    {"stage": st.name, "data_pos": (step + 1) * st.tasks_per_step, "seed": int(cfg.seed)},
+                    force=stop_flag())
+        if stop_flag():
+            break
+    return state.params
+
+
+def final_eval(ctx, st: C.StageSettings, params, stage_dir: str) -> list:
+    """Evaluate a stage's final params on held-out tasks in every eval mode; writes eval.json."""
+    rows = []
+    for mode in C._split(ctx.cfg.eval.modes):
+        table, batch = evaluate(ctx, params, ctx.eval_tasks[: int(ctx.cfg.eval.num_tasks)], mode=mode,
+                                group_size=int(ctx.cfg.eval.group_size), progress=True)
+        rows.append(dict(model=st.name, mode=mode, seed=int(ctx.cfg.seed), split=ctx.cfg.env.eval_split, **table))
+        if jax.process_index() == 0:
+            batch.to_jsonl(os.path.join(stage_dir, f"eval_{mode}.jsonl"))
+    if jax.process_index() == 0:
+        with open(os.path.join(stage_dir, "eval.json"), "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+def run_pipeline(cfg, workdir: str, evaluate_stages: bool = True) -> dict:
+    """Run (or resume) every stage of `cfg.pipeline`; returns {stage: {'final': dir, 'eval': rows}}."""
+    C.validate(cfg)
+    ctx = S.build_context(cfg, workdir)
+    if jax.process_index() == 0:
+        with open(os.path.join(ctx.workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
+    stop = StopFlag().install()
+    out: dict = {}
+    prev: Optional[str] = None
+    try:
+        for i, name in enumerate(C.pipeline(cfg)):
+            st = C.resolve_stage(cfg, name)
+            stage_dir = os.path.join(ctx.workdir, name)
+            ck_dir = os.path.join(stage_dir, "checkpoints")
+            final = os.path.join(ck_dir, "final")
+            done = os.path.join(stage_dir, "DONE")
+            if os.path.exists(done):
+                prev = final
+                with open(os.path.join(stage_dir, "eval.json")) as f:
+                    out[name] = {"final": final, "eval": json.load(f)}
+                print(f"[{name}] already done; using {final}", flush=True)
+                continue
+            if prev is None or st.init_from == "base":
+                params = ctx.load_base_params()
+            else:
+                params = S.load_params_any(prev, False, ctx.model_cfg, ctx.mesh)
+            ck = Checkpointer(ck_dir, ctx.model_cfg, keep=int(cfg.checkpoint.keep),
+                              async_save=bool(cfg.checkpoint.async_save))
+            S.save_tokenizer_next_to(ctx, ck_dir)
+            metrics = MetricsWriter(stage_dir)
+            try:
+                if st.kind == "sft":
+                    params = run_sft_stage(ctx, st, params, stage_dir, ck, metrics, stop)
+                else:
+                    params = run_rl_stage(ctx, st, i, params, stage_dir, ck, metrics, stop)
+                ck.wait()
+                if stop():
+                    raise Preempted()
+                ck.save_params_copy("final", params)
+            finally:
+                ck.close()
+                metrics.close()
+            rows = final_eval(ctx, st, params, stage_dir) if evaluate_stages else []
+            if jax.process_index() == 0:
+                if not evaluate_stages:
+                    with open(os.path.join(stage_dir, "eval.json"), "w") as f:
+                        json.dump(rows, f)
+                open(done, "w").close()
+            out[name] = {"final": final, "eval": rows}
+            prev = final
+    finally:
+        stop.uninstall()
+    if jax.process_index() == 0:
+        plot_curves({n: os.path.join(ctx.workdir, n) for n in C.pipeline(cfg)}, os.path.join(ctx.workdir, "curves.png"))
+    return out

@@ -159,15 +159,20 @@ def topology_devices(name: str) -> list:
     from jax.experimental import topologies
 
     topo = topology_name(name)
-    # libtpu looks for a TPU VM's metadata; on a CPU host these keep it quiet and fast.
+    # No TPU here: libtpu must not take its one-process lock (other compiles may run beside this one)
+    # nor wait for a TPU VM's metadata server.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topo)
     except Exception as e:  # noqa: BLE001 - libtpu raises assorted types
         msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        hint = ("install libtpu into this environment (pip install 'libtpu==0.0.42.*', the version "
-                "jax[tpu]==0.10.2 pins)") if "libtpu" in msg.lower() or "plugin" in msg.lower() or "tpu" not in msg.lower() else \
-            "check the topology name (e.g. v5p:2x2x4, v5e:2x2, v4:2x2x2)"
+        if "lockfile" in msg:
+            hint = "another process holds libtpu; set ALLOW_MULTIPLE_LIBTPU_LOAD=1 or wait for it"
+        elif "topology" in msg.lower() or "invalid" in msg.lower():
+            hint = "check the topology name (e.g. v5p:2x2x4, v5e:2x2, v4:2x2x2)"
+        else:
+            hint = "install libtpu into this environment (pip install 'libtpu==0.0.42.*', the version jax[tpu]==0.10.2 pins)"
         raise AOTError(f"cannot get TPU topology {topo!r}: {msg}; {hint}") from None
     return list(desc.devices)
 
@@ -457,7 +462,7 @@ def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequ
     state_bytes = tree_bytes_per_chip(abstract_train_state(mc, pc0, mesh))
     resident = state_bytes if cfg.aot.get("state_resident_while_sampling", True) else 0
     info = dict(topology=topology_name(topology), chips=len(devices), kind=devices[0].device_kind, hbm=hbm,
-                mesh=dict(mesh.shape), model=(f"{mc.num_params / 1e9:.2f}B params" if mc.num_params >= 1e9 else f"{mc.num_params / 1e6:.2f}M params"), state_bytes=state_bytes,
+                mesh=dict(mesh.shape), model=_param_count(mc.num_params), state_bytes=state_bytes,
                 rollouts=rollouts_per_step(cfg), name=cfg.get("name", ""))
     jobs = []
     for i in idx:
@@ -477,6 +482,10 @@ def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequ
         log(f"  compiled {row.name:<24} in {row.compile_s:6.1f}s" + (f"  ERROR {row.error}" if row.error else ""))
         rows.append(row)
     return rows, info
+
+
+def _param_count(n: int) -> str:
+    return f"{n / 1e9:.2f}B params" if n >= 1e9 else f"{n / 1e6:.2f}M params"
 
 
 def _with_resident(row: Row, resident: int) -> Row:

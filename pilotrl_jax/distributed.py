@@ -1,0 +1,213 @@
+"""Multi-host JAX: start-up, global batches from per-host data, process-0 logging, barriers.
+
+On a Cloud TPU pod every worker (host) runs the same command; `initialize()` connects them with
+`jax.distributed.initialize()` (the coordinator is found from the TPU metadata). Elsewhere, e.g.
+several CPU processes on one machine for tests, it is driven by flags or environment variables:
+
+    PILOTRL_COORDINATOR=127.0.0.1:12355  PILOTRL_NUM_PROCESSES=2  PILOTRL_PROCESS_ID=0|1
+    PILOTRL_CPU_DEVICES=4    # optional: fake CPU devices per process (set before JAX starts its backend)
+
+After `initialize()`, `jax.devices()` lists every chip of every host; a mesh built from it with
+`pilotrl_jax.sharding.make_mesh` spans the slice. Each host produces only the rows of a batch that
+its own devices hold (`process_rows`), and `global_batch` assembles the global jax.Array from them.
+Orbax checkpoints of sharded arrays are written by every host (each its own shards).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+ENV_COORDINATOR = "PILOTRL_COORDINATOR"
+ENV_NUM_PROCESSES = "PILOTRL_NUM_PROCESSES"
+ENV_PROCESS_ID = "PILOTRL_PROCESS_ID"
+ENV_CPU_DEVICES = "PILOTRL_CPU_DEVICES"
+# Set on Cloud TPU VMs; a multi-host slice lists several worker hostnames.
+_TPU_ENV_HINTS = ("TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")
+
+_initialized = False
+
+
+def _env_int(name: str) -> Optional[int]:
+    v = os.environ.get(name)
+    if v in (None, ""):
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={v!r} is not an integer; unset it or give a number") from None
+
+
+def on_tpu_pod() -> bool:
+    """Whether this looks like one worker of a multi-host Cloud TPU slice (from the TPU VM env vars)."""
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return len([h for h in hosts.split(",") if h.strip()]) > 1
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, cpu_devices: Optional[int] = None,
+               timeout_s: int = 300) -> bool:
+    """Connect this process to the others (jax.distributed); True if multi-process, False if single.
+
+    Arguments override the PILOTRL_* environment variables. With neither, a multi-host TPU slice
+    is auto-detected (jax.distributed.initialize() with no arguments); otherwise nothing happens.
+    Safe to call twice. Must run before anything touches jax devices or arrays.
+    """
+    global _initialized
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+    process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+    cpu_devices = cpu_devices if cpu_devices is not None else _env_int(ENV_CPU_DEVICES)
+    if cpu_devices is not None:
+        if cpu_devices < 1:
+            raise ValueError(f"cpu_devices={cpu_devices} ({ENV_CPU_DEVICES}); expected >= 1")
+        jax.config.update("jax_num_cpu_devices", int(cpu_devices))
+    if _initialized:
+        return jax.process_count() > 1
+    if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise ValueError(
+                f"coordinator {coordinator_address!r} given without num_processes/process_id; set "
+                f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} (or pass them) on every process")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"process_id={process_id} is outside [0, num_processes={num_processes})")
+        if ":" not in coordinator_address:
+            raise ValueError(f"coordinator address {coordinator_address!r} lacks a port; use host:port, "
+                             "e.g. 127.0.0.1:12355")
+        # CPU processes exchange collectives through gloo (the default today; set explicitly).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                                   initialization_timeout=timeout_s)
+        _initialized = True
+        return num_processes > 1
+    if on_tpu_pod():
+        jax.distributed.initialize(initialization_timeout=timeout_s)
+        _initialized = True
+        return jax.process_count() > 1
+    return False
+
+
+def shutdown() -> None:
+    """Disconnect from the other processes (no-op when not initialized)."""
+    global _initialized
+    if _initialized:
+        jax.distributed.shutdown()
+        _initialized = False
+
+
+def is_coordinator() -> bool:
+    """True on process 0, the one that logs and writes run-level files."""
+    return jax.process_index() == 0
+
+
+def log0(msg: str, *args: Any, file=None) -> None:
+    """Print (flushed) on process 0 only; other processes stay quiet. %-style args like logging."""
+    if is_coordinator():
+        print(msg % args if args else msg, file=file or sys.stdout, flush=True)
+
+
+class Process0Filter(logging.Filter):
+    """A logging filter that drops records on processes other than 0."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D401 - logging API
+        """Keep the record only on process 0."""
+        return is_coordinator()
+
+
+def get_logger(name: str = "pilotrl_jax", level: int = logging.INFO) -> logging.Logger:
+    """A logger that writes `[p<index>] message` to stderr on process 0 only."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, Process0Filter) for f in logger.filters):
+        logger.addFilter(Process0Filter())
+    if not logger.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter(f"[p{jax.process_index()}] %(asctime)s %(message)s"))
+        logger.addHandler(h)
+    logger.setLevel(level)
+    return logger
+
+
+def sync(name: str) -> None:
+    """Barrier: wait until every process reaches `name` (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------- global batches
+
+
+def _leading_sharding(mesh, ndim: int, rows: int):
+    from pilotrl_jax import sharding as sh
+
+    return sh.batch_sharding(mesh, ndim, rows)
+
+
+def process_rows(mesh, global_rows: int, process_index: Optional[int] = None) -> slice:
+    """The rows [start, stop) of a batch-sharded global array that this process's devices hold.
+
+    This host must produce exactly these rows (e.g. run those rollouts) for `global_batch`.
+    Rows are contiguous per host when the mesh's batch axes follow jax.devices() order
+    (as `sharding.make_mesh` builds it); a mesh where the batch axes do not span hosts gives every
+    host all rows."""
+    pidx = jax.process_index() if process_index is None else process_index
+    s = _leading_sharding(mesh, 1, global_rows)
+    starts, stops = [], []
+    for dev, idx in s.devices_indices_map((global_rows,)).items():
+        if dev.process_index != pidx:
+            continue
+        sl = idx[0]
+        starts.append(sl.start or 0)
+        stops.append(global_rows if sl.stop is None else sl.stop)
+    if not starts:
+        raise ValueError(f"process {pidx} owns no device of the mesh; build the mesh from jax.devices()")
+    start, stop = min(starts), max(stops)
+    covered = sorted(set(zip(starts, stops)))
+    total = sum(b - a for a, b in covered)
+    if total != stop - start and not all(a == start and b == stop for a, b in covered):
+        raise ValueError(f"process {pidx} holds non-contiguous rows {covered} of the batch; build the mesh with "
+                         "sharding.make_mesh(shape, jax.devices()) so each host's rows are contiguous")
+    return slice(start, stop)
+
+
+def global_batch(local: Any, mesh, global_rows: Optional[int] = None) -> Any:
+    """Global jax.Arrays (leading axis sharded over the batch axes) from this host's rows of each leaf.
+
+    `local` is a pytree of NumPy arrays holding this process's rows (`process_rows`); every
+    process calls this with its own rows in the same order. `global_rows` defaults to
+    rows-per-process x process count."""
+    leaves = jax.tree.leaves(local)
+    if not leaves:
+        return local
+    n_local = int(np.shape(leaves[0])[0])
+    for x in leaves:
+        if np.ndim(x) == 0 or np.shape(x)[0] != n_local:
+            raise ValueError(f"global_batch: every leaf needs the same leading (row) dim {n_local}; got "
+                             f"shape {np.shape(x)}")
+    if global_rows is None:
+        global_rows = n_local * jax.process_count()
+    want = process_rows(mesh, global_rows)
+    if want.stop - want.start != n_local:
+        raise ValueError(f"process {jax.process_index()} passed {n_local} rows but holds rows {want.start}:{want.stop} "
+                         f"of {global_rows}; produce exactly process_rows(mesh, {global_rows}) rows on each host")
+
+    def one(x):
+        x = np.asarray(x)
+        s = _leading_sharding(mesh, x.ndim, global_rows)
+        return jax.make_array_from_process_local_data(s, x, (global_rows,) + x.shape[1:])
+
+    return jax.tree.map(one, local)
+
+
+def to_host(tree: Any) -> Any:
+    """Fully gather (possibly multi-host) arrays to NumPy on every process."""
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)

@@ -1,0 +1,104 @@
+"""Ahead-of-time TPU compilation on this CPU host: the CLI on a tiny config and a small topology,
+topology names, the fit rule, and named errors for configs that cannot work."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pilotrl_jax import aot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tpu_tiny.py")
+needs_libtpu = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("libtpu") is None,
+    reason="libtpu not installed (pip install 'libtpu==0.0.42.*' to compile for TPU on CPU)")
+
+
+@needs_libtpu
+def test_cli_compiles_tiny_config_for_v5e_2x2():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    env["XLA_FLAGS"] = ""
+    out = subprocess.run([sys.executable, "-m", "pilotrl_jax.aot", "--config", TINY, "--topology", "v5e:2x2",
+                          "--buckets", "64"], env=env, capture_output=True, text=True, timeout=170, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    text = out.stdout
+    assert "4 x TPU v5 lite, 16.00 GiB HBM/chip" in text
+    assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| function")]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert names == ["ppo_step T=64", "ref_logprobs T=64", "prefill C=32", "decode x8 (sample)"]
+    for r in rows:
+        cells = [c.strip() for c in r.split("|")[1:-1]]
+        assert cells[9] == "yes", r  # fits
+    ppo_cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert ppo_cells[10] == f"{16 * 64:,}"  # tokens: 4 tasks x 4 rollouts x 64
+
+
+def test_topology_names():
+    assert aot.topology_name("v5p:2x2x4") == "v5p:2x2x4"
+    assert aot.topology_name("v5p-32") == "v5p:2x2x4"
+    assert aot.topology_name("v4-16") == "v4:2x2x2"
+    assert aot.topology_name("v5litepod-16") == "v5e:4x4"
+    assert aot.topology_name("v6e-8") == "v6e:2x4"
+    with pytest.raises(aot.AOTError, match="slice name like 'v5p-32'"):
+        aot.topology_name("tpu-big")
+    with pytest.raises(aot.AOTError, match="no standard shape for 3 chips"):
+        aot.topology_name("v5p-6")
+
+
+def test_fit_rule_and_table():
+    r = aot.Row("ppo_step T=8", "1x1x1 rows", 64, args=2 * aot.GIB, outputs=2 * aot.GIB, alias=2 * aot.GIB,
+                temps=10 * aot.GIB, resident=0, hbm=16 * aot.GIB, model_flops=4e12)
+    assert r.peak == 12 * aot.GIB and r.fits(0.9) and not r.fits(0.5)
+    bad = aot.Row("decode x8", "B=8", 64, error="RESOURCE_EXHAUSTED", hbm=16 * aot.GIB)
+    assert not bad.fits(0.9)
+    info = dict(name="t", model="1M params", topology="v5e:2x2", chips=4, kind="TPU v5 lite", hbm=16 * aot.GIB,
+                mesh={"data": 1}, rollouts=8, state_bytes=aot.GIB)
+    table = aot.format_table([r, bad], info, 0.5)
+    assert "| NO |" in table and "ERROR: RESOURCE_EXHAUSTED" in table and "12.00 GiB" in table
+
+
+def test_tiny_geometry_and_config_errors():
+    cfg = aot.load_config(TINY)
+    pc = aot.ppo_config(cfg, 1)  # 16 rows / 2 mini-batches / 2 rows per micro-batch
+    assert (pc.num_mini_batches, pc.num_micro_batches) == (2, 4)
+    cfg.batch.micro_batch_rows = (4,)
+    with pytest.raises(aot.AOTError, match="one micro-batch size per bucket"):
+        aot.check_geometry(cfg)
+    cfg = aot.load_config(TINY)
+    cfg.batch.micro_batch_rows = (3, 2)
+    with pytest.raises(aot.AOTError, match=r"micro_batch_rows\[0\]=3"):
+        aot.ppo_config(cfg, 0)
+    cfg = aot.load_config(TINY)
+    cfg.ppo.clip_ratio = 0.2
+    with pytest.raises(aot.AOTError, match="unknown fields \\['clip_ratio'\\]"):
+        aot.ppo_config(cfg, 0)
+    cfg = aot.load_config(TINY)
+    cfg.batch.max_response_len = 1000
+    with pytest.raises(aot.AOTError, match="largest bucket 128"):
+        aot.check_geometry(cfg)
+    with pytest.raises(aot.AOTError, match="no file"):
+        aot.load_config("configs/nope.py")
+
+
+@needs_libtpu
+def test_mesh_that_does_not_fit_the_topology_is_named():
+    cfg = aot.load_config(TINY)
+    cfg.mesh.tensor = 3
+    with pytest.raises(aot.AOTError, match="config.mesh .* does not fit the topology \\(4 chips\\)"):
+        aot.run(cfg, "v5e:2x2", parts=())
+
+
+def test_shipped_8b_configs_load_with_consistent_geometry():
+    path = os.path.join(ROOT, "configs", "tpu_llama31_8b.py")
+    for stage, epochs in (("executor", 1), ("planner", 2), ("joint", 1)):
+        cfg = aot.load_config(f"{path}:{stage}")
+        aot.check_geometry(cfg)
+        mc = aot.model_config(cfg)
+        assert 8.0e9 < mc.num_params < 8.1e9 and mc.rope_scaling[0] == "llama3"
+        assert aot.rollouts_per_step(cfg) == 4096
+        for i in range(len(cfg.batch.seq_buckets)):
+            assert aot.ppo_config(cfg, i).epochs == epochs
+    with pytest.raises(ValueError, match="stage 'critic' is not one of"):
+        aot.load_config(f"{path}:critic")

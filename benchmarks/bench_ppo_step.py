@@ -34,6 +34,21 @@ def _best_time(fn, reps):
     return best
 
 
+def _interleaved_best(fa, fb, reps):
+    """Best wall times of fa and fb, run alternately (warm-up first) so load drift hits both alike."""
+    fa()
+    fb()
+    ta = tb = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fa()
+        ta = min(ta, time.perf_counter() - t)
+        t = time.perf_counter()
+        fb()
+        tb = min(tb, time.perf_counter() - t)
+    return ta, tb
+
+
 def matmul_peak(n: int = 1024, reps: int = 5) -> tuple[float, float]:
     """Measured float32 matmul FLOP/s of (jax, torch) on an n x n x n product, 8 chained per call."""
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32) / np.sqrt(n)
@@ -147,8 +162,7 @@ def main():
             state[0], m = step(state[0], jb)
             jax.block_until_ready(m)
 
-        t_ours = _best_time(run_ours, args.reps)
-        t_torch = _best_time(torch_ppo_step_fn(tmodel, cfg, batch, args.micro), args.reps)
+        t_ours, t_torch = _interleaved_best(run_ours, torch_ppo_step_fn(tmodel, cfg, batch, args.micro), args.reps)
         n = args.batch * T
         fl = train_flops_per_token(config, T) * n
         print(f"{T:>5} | {n / t_ours:>10.0f} {fl / t_ours / peak:>8.1%} | {n / t_torch:>11.0f} "

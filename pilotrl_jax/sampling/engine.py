@@ -74,12 +74,17 @@ def pow2_bucket(n: int, lo: int, hi: Optional[int] = None) -> int:
 
 @dataclasses.dataclass
 class GenerationResult:
-    """One row's output of a generate call: new token ids, their log-probs, and why it stopped."""
+    """One row's output of a generate call: new token ids, their log-probs, and why it stopped.
+
+    stop_reason is one of "eos", "stop_string", "max_tokens", "cache_full"; for "stop_string",
+    `stop_string` says which one (e.g. "</action>").
+    """
 
     tokens: list
     logprobs: list
     stop_reason: str
     handle: Optional[int] = None
+    stop_string: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -382,6 +387,7 @@ class SamplerEngine:
                 done[s] = False
         gen = [[] for _ in range(n)]
         lps = [[] for _ in range(n)]
+        matched = [None] * n
         fed = [0] * n
         dev_sampling = (jnp.float32(sampling[0] if sampling[0] > 0 else 1.0), jnp.int32(sampling[1]),
                         jnp.float32(sampling[2]))
@@ -410,6 +416,7 @@ class SamplerEngine:
                 k = checker.find(gen[i], start)
                 if k is not None:
                     del gen[i][k + 1:], lps[i][k + 1:]
+                    matched[i] = checker.matched(gen[i], k)
                     ep = eps[i]
                     done[s], reason[s] = True, _STOP
                     tok[s], pos[s], n_new[s] = gen[i][-1], len(ep.tokens) - 1 + len(gen[i]), len(gen[i])
@@ -419,5 +426,6 @@ class SamplerEngine:
             ep.cached = len(ep.tokens) - 1
             self.stats["decode_tokens"] += len(gen[i])
             self.stats["overshoot_tokens"] += fed[i] - len(gen[i])
-            results.append(GenerationResult(tokens=gen[i], logprobs=lps[i], stop_reason=STOP_REASONS[reason[s]]))
+            results.append(GenerationResult(tokens=gen[i], logprobs=lps[i], stop_reason=STOP_REASONS[reason[s]],
+                                           stop_string=matched[i]))
         return sub, results

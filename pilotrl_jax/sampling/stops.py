@@ -68,6 +68,12 @@ class StopStrings:
                 return k
         return None
 
+    def matched(self, gen: Sequence[int], k: int) -> Optional[str]:
+        """Which stop string the token at k completed (the earliest-ending one; None if none)."""
+        text = _decode(self.tokenizer, gen[max(0, k + 1 - self.window):k + 1])
+        ends = [(text.find(s) + len(s), i) for i, s in enumerate(self.strings) if s in text]
+        return self.strings[min(ends)[1]] if ends else None
+
 
 _TRIGGER_CACHE: dict = {}
 

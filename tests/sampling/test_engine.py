@@ -143,8 +143,9 @@ def test_stop_strings_spanning_tokens(tiny_hf, toy_tokenizer):
         want.append(_reference_cut(toy_tokenizer, r.tokens, stops))
     assert all(k is not None and k < 29 for k in want)
     res = generate(config, params, PROMPTS, 30, stop_strings=stops, tokenizer=toy_tokenizer, decode_chunk=8)
-    for r, f, k in zip(res, free, want):
-        assert r.stop_reason == "stop_string"
+    for i, (r, f, k) in enumerate(zip(res, free, want)):
+        assert r.stop_reason == "stop_string" and r.stop_string in stops
+        assert r.stop_string in toy_tokenizer.decode(r.tokens)
         assert r.tokens == f.tokens[:k + 1]
         assert r.logprobs == pytest.approx(f.logprobs[:k + 1], abs=1e-5)
     # continuing after a stop string resumes right after it
@@ -202,30 +203,30 @@ def test_bad_inputs_name_the_problem(tiny_hf, toy_tokenizer):
 
 def test_compiles_a_handful_of_times(tiny_hf):
     _, config, params = tiny_hf
-    eng = SamplerEngine(config, params, max_batch=4, max_len=128, seed=0, decode_chunk=16)
+    eng = SamplerEngine(config, params, max_batch=2, max_len=128, seed=0, decode_chunk=16)
     rng = np.random.default_rng(0)
     before = trace_counts()
     calls = 0
-    for _ in range(8):  # episodes of random sizes, prompt/observation lengths and turn lengths
-        hs = eng.start([rng.integers(3, 100, size=rng.integers(2, 40)).tolist() for _ in range(rng.integers(1, 5))])
+    for _ in range(6):  # episodes of random sizes, prompt/observation lengths and turn lengths
+        hs = eng.start([rng.integers(3, 100, size=rng.integers(2, 30)).tolist() for _ in range(rng.integers(1, 3))])
         for _ in range(3):
             eng.generate(hs, int(rng.integers(4, 16)), temperature=1.0)
             eng.append(hs, [rng.integers(3, 100, size=rng.integers(1, 12)).tolist() for _ in hs])
             calls += 1
         eng.release(hs)
     new = {k: v - before.get(k, 0) for k, v in trace_counts().items()}
-    # buckets: batch {1, 2, 4} x window {64, 128}; prefill chunk {16, 32, 64}
-    assert new.get("decode", 0) <= 6 and new.get("gather", 0) <= 6 and new.get("scatter", 0) <= 6, new
-    assert new.get("prefill", 0) <= 18, new
-    assert sum(new.values()) < 2 * calls  # far fewer compiles than calls
+    # buckets: batch {1, 2} x window {64, 128}; prefill chunk {16, 32}
+    assert new.get("decode", 0) <= 4 and new.get("gather", 0) <= 4 and new.get("scatter", 0) <= 4, new
+    assert new.get("prefill", 0) <= 8, new
+    assert sum(new.values()) < calls  # fewer compiles than generate calls
     # repeating same-bucket calls compiles nothing
-    hs = eng.start([[1, 2, 3], [1, 4], [1, 5, 6, 7]])
+    hs = eng.start([[1, 2, 3], [1, 5, 6, 7]])
     eng.generate(hs, 5)
-    eng.append(hs, [[4, 5]] * 3)
+    eng.append(hs, [[4, 5]] * 2)
     snap = trace_counts()
     for _ in range(3):
         eng.generate(hs, 5)
-        eng.append(hs, [[4, 5, 6]] * 3)
+        eng.append(hs, [[4, 5, 6]] * 2)
     assert trace_counts() == snap
 
 

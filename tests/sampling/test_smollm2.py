@@ -59,6 +59,7 @@ def test_stop_string_detection_with_real_tokenizer(smol):
     assert k is not None
     assert "</action>" in tok.decode(ids[:k + 1]) and "</action>" not in tok.decode(ids[:k])
     assert tok.decode(ids[:k + 1]).rstrip("\n").endswith("</action>")
+    assert st.matched(ids, k) == "</action>"
     for start in range(1, k + 1):  # chunk boundaries anywhere before the completing token
         assert st.find(ids, start) == k
     assert trigger_table(tok, ("</action>", "</global_plan>"), config.vocab_size)[ids[k]]

@@ -1,26 +1,34 @@
-"""LLaMA-3.1-8B-Instruct PilotRL stages on a Cloud TPU v5p-32 slice (16 chips, 4 hosts).
+"""PilotRL (the paper's LLaMA-3.1-8B-Instruct recipe, configs/pilotrl.py) on a Cloud TPU v5p-32 slice.
 
-Use: `python -m pilotrl_jax.train --config configs/tpu_llama31_8b.py:executor --workdir gs://BUCKET/run`
-(stages: executor | planner | joint) and check that it fits before paying for the slice with
-`python -m pilotrl_jax.aot --config configs/tpu_llama31_8b.py --topology v5p:2x2x4`.
+    python -m pilotrl_jax.train --config configs/tpu_llama31_8b.py --workdir gs://BUCKET/runs/r1 \
+        --config.model.path=/mnt/models/Llama-3.1-8B-Instruct
+    python -m pilotrl_jax.train --config configs/tpu_llama31_8b.py:stage2 ...   # one stage only
+Check that it fits before paying for the slice (compiles on a CPU host, no weights needed):
+    python -m pilotrl_jax.aot --config configs/tpu_llama31_8b.py            # topology from config.tpu
 
-Batch geometry (the paper's, see /work/shared/PILOTRL.md):
-- one RL step = `tasks_per_step` (256) tasks x `group_size` (16) rollouts = 4096 episodes;
-- each episode is one token sequence (prompt <= 2048 + responses/observations <= 14336 = 16384),
-  padded to the smallest of `seq_buckets` that holds the longest episode of the step, so a run
-  compiles the PPO step at most len(seq_buckets) times;
-- the PPO step makes `num_mini_batches` (4) optimizer updates of 64 tasks (1024 rows) each;
-  a mini-batch is cut into micro-batches of `micro_batch_rows[bucket]` rows whose gradients are
-  accumulated inside jit (the row count is a multiple of data*fsdp chips and shrinks as the
-  bucket grows, so tokens per micro-batch stay roughly constant);
-- the sampler holds `sampler.max_batch` episodes at once (KV cache [32, max_batch, max_len, 8, 128]
-  in bf16 = 128 KiB per token), so 4096 rollouts run in 4096/max_batch waves.
-Numerics: params and Adam moments float32 (sharded over fsdp), compute bfloat16, full remat per
-layer, layers scanned (one compiled layer body).
+Slice: v5p-32 = 16 chips (4 hosts x 4 chips), 95 GiB HBM per chip; every host runs the same command.
+Batch geometry (one RL step; the paper's numbers):
+- rollout.tasks_per_step (256) x rollout.group_size (16) = 4096 episodes; each episode is one token
+  sequence of at most agent.token_budget = 16384 tokens (2048 prompt + 14336 response, DAPO Lmax).
+- The sampler holds rollout.max_batch = 256 episodes at once: KV cache [32 layers, 256, 16384, 8, 128]
+  in bf16 = 128 KiB per token, 2 GiB per episode, 512 GiB over the slice = 32 GiB per chip (rows over
+  fsdp, kv heads over tensor); the 4096 episodes of a step run in 16 waves.
+- The PPO batch is padded to a power-of-two length (aot.seq_buckets: 4096, 8192, 16384), so the step
+  compiles at most 3 times. rl.num_mini_batches = 4 optimizer updates of 64 tasks (1024 rows) each;
+  each mini-batch is cut into rl.num_micro_batches = 256 micro-batches of 4 rows (one per data*fsdp
+  group of chips) whose gradients are accumulated inside jit.
+- Mesh (data 1, fsdp 4, tensor 4): weights and Adam moments sharded 4-way over fsdp and 4-way over
+  tensor (heads, MLP, vocab), so the [heads, T, T] attention scores of a 16K-token row are split 4-way.
+Numerics: float32 params and Adam moments (12 bytes/param: 5.6 GiB per chip), bfloat16 compute,
+full remat per layer, layers scanned (one compiled layer body).
 """
-from ml_collections import ConfigDict
+import os
+import sys
 
-# config.json of meta-llama/Llama-3.1-8B-Instruct (written here: nothing is downloaded to compile).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from configs_common import load  # noqa: E402
+
+# config.json of meta-llama/Llama-3.1-8B-Instruct (written here: the AOT check downloads nothing).
 LLAMA31_8B_INSTRUCT = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -45,55 +53,27 @@ LLAMA31_8B_INSTRUCT = {
     "torch_dtype": "bfloat16",
 }
 
-# Stage -> (trained spans, epochs, plan source): the paper's three progressive stages.
-STAGES = {
-    "executor": (("action",), 1, "external"),
-    "planner": (("plan",), 2, "policy"),
-    "joint": (("plan", "action"), 1, "policy"),
-}
 
-
-def get_config(stage: str = "executor") -> ConfigDict:
-    """The TPU config for one PilotRL stage (`configs/tpu_llama31_8b.py:<stage>`)."""
-    stage = stage or "executor"
-    if stage not in STAGES:
-        raise ValueError(f"stage {stage!r} is not one of {sorted(STAGES)}; use configs/tpu_llama31_8b.py:executor")
-    spans, epochs, plan_source = STAGES[stage]
-    c = ConfigDict()
-    c.name = f"tpu_llama31_8b_{stage}"
-    c.stage = ConfigDict(dict(name=stage, trained_spans=spans, plan_source=plan_source,
-                              init_from_previous_stage=stage != "executor"))
-    c.model = ConfigDict(dict(
-        hf_config=LLAMA31_8B_INSTRUCT,
-        hf_path="gs://YOUR_BUCKET/models/Llama-3.1-8B-Instruct",  # HF dir (config.json + safetensors)
-        dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="full",
-    ))
-    c.tpu = ConfigDict(dict(
-        slice="v5p-32",            # 16 chips, 4 hosts x 4 chips, 95 GiB HBM per chip
-        topology="v5p:2x2x4",      # for python -m pilotrl_jax.aot
-        runtime_version="v2-alpha-tpuv5",
-        zone="us-east5-a",
-    ))
-    # (data, fsdp, tensor); -1 = the rest. Weights/optimizer sharded 4-way (fsdp), heads 4-way (tensor):
-    # tensor parallelism cuts the [heads, T, T] attention scores of 16K-token rows per chip.
-    c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=4))
-    c.batch = ConfigDict(dict(
-        tasks_per_step=256, group_size=16, num_mini_batches=4,
-        seq_buckets=(4096, 8192, 16384),
-        micro_batch_rows=(16, 8, 4),   # per bucket, global rows per micro-batch (multiple of data*fsdp)
-        max_prompt_len=2048, max_response_len=14336,
-    ))
-    c.sampler = ConfigDict(dict(
-        max_batch=256, max_len=16384, prefill_chunk=512, decode_chunk=64,
-        param_dtype="bfloat16", cache_dtype="bfloat16",
-        temperature=1.0, top_p=1.0, top_k=0,
-    ))
-    c.ppo = ConfigDict(dict(
-        advantage_estimator="grpo", clip_eps_low=0.2, clip_eps_high=0.2, dual_clip=3.0,
-        loss_agg_mode="token-mean", kl_coef=0.0, entropy_coef=0.0, lr=1e-6, lr_schedule="constant",
-        max_grad_norm=1.0, epochs=epochs, use_critic=False,
-    ))
-    # What the AOT check assumes about memory: the train state stays in HBM while sampling.
-    c.aot = ConfigDict(dict(state_resident_while_sampling=True, max_hbm_fraction=0.9))
-    c.checkpoint = ConfigDict(dict(every_steps=10, keep=3))
+def get_config(arg: str = ""):
+    """The paper's pipeline (arg: one stage, e.g. stage2) with the v5p-32 geometry above."""
+    c = load("pilotrl").get_config(arg)
+    c.model.source = "hf"
+    c.model.path = "/mnt/models/Llama-3.1-8B-Instruct"  # copied to every worker by tpu/setup.sh
+    c.model.hf_config = LLAMA31_8B_INSTRUCT  # for the AOT check; the trainer reads path/config.json
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.scan_layers = True
+    c.model.remat_policy = "full"
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 4
+    c.agent.token_budget = 16384
+    c.rollout.tasks_per_step = 256
+    c.rollout.group_size = 16
+    c.rollout.max_batch = 256
+    c.rl.num_mini_batches = 4
+    c.rl.num_micro_batches = 256  # 1024 rows per mini-batch / 4 rows per micro-batch
+    c.checkpoint.every = 1  # a step is minutes long; preemption loses at most one
+    c.checkpoint.keep = 2
+    c.tpu = dict(slice="v5p-32", topology="v5p:2x2x4", accelerator_type="v5p-32",
+                 runtime_version="v2-alpha-tpuv5", zone="us-east5-a")
+    c.aot = dict(seq_buckets=(4096, 8192, 16384), prefill_chunk=256, decode_chunk=64, max_hbm_fraction=0.9)
     return c

@@ -68,7 +68,12 @@ def load_config(spec: str):
     name = "_pilotrl_cfg_" + os.path.splitext(os.path.basename(path))[0]
     spec_obj = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec_obj)
-    spec_obj.loader.exec_module(mod)
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)  # config files import their neighbours (configs_common) by name
+    try:
+        spec_obj.loader.exec_module(mod)
+    finally:
+        sys.path.remove(folder)
     if not hasattr(mod, "get_config"):
         raise AOTError(f"--config {path!r} has no get_config(); define `def get_config(arg=None) -> ConfigDict`")
     return mod.get_config(arg) if arg else mod.get_config()
@@ -79,59 +84,107 @@ def _plain(x):
     return x.to_dict() if hasattr(x, "to_dict") else x
 
 
+def _aot(cfg, key: str, default):
+    """cfg.aot.<key> if the config has an `aot` section with it, else `default`."""
+    sec = cfg.get("aot") or {}
+    return sec.get(key, default) if hasattr(sec, "get") else default
+
+
 def model_config(cfg, **overrides):
-    """LlamaConfig from `cfg.model` (its HF dict plus our dtype/scan/remat fields)."""
+    """LlamaConfig for the run: `model.hf_config` (an HF config dict in the config file), else the
+    model directory's config.json (`model.path`), else the tiny fields (`model.source='tiny'`)."""
     from pilotrl_jax.models.config import LlamaConfig
 
     m = cfg.model
     ours = dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=bool(m.scan_layers),
                 remat_policy=m.remat_policy)
     ours.update(overrides)
-    return LlamaConfig.from_hf_dict(_plain(m.hf_config), **ours)
+    hf = m.get("hf_config")
+    if hf:
+        return LlamaConfig.from_hf_dict(_plain(hf), **ours)
+    if m.get("source") == "tiny":
+        return LlamaConfig(vocab_size=int(cfg.tokenizer.vocab_size), hidden_size=int(m.hidden_size),
+                           intermediate_size=int(m.intermediate_size), num_layers=int(m.num_layers),
+                           num_heads=int(m.num_heads), num_kv_heads=int(m.num_kv_heads), head_dim=int(m.head_dim),
+                           max_position_embeddings=max(4096, int(cfg.agent.token_budget)), **ours)
+    path = os.path.join(str(m.get("path", "")), "config.json")
+    if not os.path.isfile(path):
+        raise AOTError(f"config.model has no hf_config and {path!r} does not exist; add the model's HF config "
+                       "dict as config.model.hf_config (see configs/tpu_llama31_8b.py)")
+    return LlamaConfig.from_json_file(path, **ours)
 
 
-def ppo_config(cfg, bucket_index: int = 0):
-    """PPOConfig from `cfg.ppo` plus the batch geometry (mini-batches, micro-batches for a bucket)."""
-    from pilotrl_jax.rl.ppo import PPOConfig
+def rl_stages(cfg) -> list:
+    """Names of the RL stages in the config's pipeline, in order."""
+    from pilotrl_jax.train import config as C
 
-    b = cfg.batch
-    rows = rollouts_per_step(cfg)
-    if rows % b.num_mini_batches:
-        raise AOTError(f"batch.tasks_per_step*group_size={rows} is not divisible by batch.num_mini_batches="
-                       f"{b.num_mini_batches}; change one of them")
-    mini = rows // b.num_mini_batches
-    micro = int(b.micro_batch_rows[bucket_index])
-    if mini % micro:
-        raise AOTError(f"mini-batch of {mini} rows is not divisible by batch.micro_batch_rows[{bucket_index}]="
-                       f"{micro}; use a divisor of {mini}")
-    fields = {f.name for f in dataclasses.fields(PPOConfig)}
-    kw = {k: v for k, v in _plain(cfg.ppo).items()}
-    bad = sorted(set(kw) - fields)
-    if bad:
-        raise AOTError(f"config.ppo has unknown fields {bad}; expected PPOConfig fields")
-    for k, v in kw.items():
-        if isinstance(v, list):
-            kw[k] = tuple(v)
-    kw.update(num_mini_batches=int(b.num_mini_batches), num_micro_batches=mini // micro)
-    return PPOConfig(**kw)
+    return [n for n in C.pipeline(cfg) if cfg.stages[n].kind == "rl"]
 
 
-def rollouts_per_step(cfg) -> int:
+def stage_settings(cfg, stage: Optional[str] = None):
+    """The trainer's resolved settings of one RL stage (default: the pipeline's first RL stage)."""
+    from pilotrl_jax.train import config as C
+
+    stages = rl_stages(cfg)
+    if not stages:
+        raise AOTError(f"config.pipeline={cfg.pipeline!r} has no RL stage; the AOT check compiles the PPO step")
+    name = stage or stages[0]
+    if name not in cfg.stages or cfg.stages[name].kind != "rl":
+        raise AOTError(f"--stage {name!r} is not an RL stage of this config; RL stages: {stages}")
+    try:
+        return C.resolve_stage(cfg, name)
+    except ValueError as e:
+        raise AOTError(str(e)) from None
+
+
+def rollouts_per_step(cfg, stage: Optional[str] = None) -> int:
     """Rows of one PPO batch: tasks per step x group size."""
-    return int(cfg.batch.tasks_per_step) * int(cfg.batch.group_size)
+    st = stage_settings(cfg, stage)
+    return int(st.tasks_per_step) * int(st.group_size)
 
 
-def check_geometry(cfg) -> None:
-    """Raise AOTError naming the field when buckets and micro-batch rows do not line up."""
-    b = cfg.batch
-    if len(b.micro_batch_rows) != len(b.seq_buckets):
-        raise AOTError(f"batch.micro_batch_rows has {len(b.micro_batch_rows)} entries for "
-                       f"{len(b.seq_buckets)} batch.seq_buckets; give one micro-batch size per bucket")
-    if list(b.seq_buckets) != sorted(b.seq_buckets):
-        raise AOTError(f"batch.seq_buckets={tuple(b.seq_buckets)} must be increasing")
-    if b.seq_buckets[-1] < b.max_prompt_len + b.max_response_len:
-        raise AOTError(f"the largest bucket {b.seq_buckets[-1]} is shorter than max_prompt_len+max_response_len="
-                       f"{b.max_prompt_len + b.max_response_len}; add a bucket or lower the lengths")
+def ppo_config(cfg, stage: Optional[str] = None):
+    """The stage's PPOConfig (mini/micro-batches from config.rl), checked against the rows per step."""
+    st = stage_settings(cfg, stage)
+    pc = st.ppo
+    rows = int(st.tasks_per_step) * int(st.group_size)
+    n = pc.num_mini_batches * pc.num_micro_batches
+    if rows % n:
+        raise AOTError(f"tasks_per_step*group_size={rows} rows are not divisible by rl.num_mini_batches*"
+                       f"rl.num_micro_batches={n}; choose micro-batches that divide {rows // pc.num_mini_batches}")
+    return pc
+
+
+def seq_buckets(cfg) -> list:
+    """PPO batch lengths to compile: config.aot.seq_buckets, else powers of two up to the token budget."""
+    budget = int(cfg.agent.token_budget)
+    got = _aot(cfg, "seq_buckets", None)
+    if got:
+        return [int(b) for b in got]
+    out, b = [], 1 << max(4, (budget - 1).bit_length() - 2)
+    while b < budget:
+        out.append(b)
+        b *= 2
+    return out + [b]
+
+
+def check_geometry(cfg, stage: Optional[str] = None) -> None:
+    """Raise AOTError naming the field when buckets, budget and micro-batches do not line up."""
+    b = seq_buckets(cfg)
+    if b != sorted(b) or len(set(b)) != len(b):
+        raise AOTError(f"config.aot.seq_buckets={tuple(b)} must be strictly increasing")
+    budget = int(cfg.agent.token_budget)
+    if b[-1] < budget:
+        raise AOTError(f"the largest bucket {b[-1]} is shorter than agent.token_budget={budget}; add a bucket "
+                       "to config.aot.seq_buckets or lower the budget")
+    ppo_config(cfg, stage)
+
+
+def sampler_rows(cfg, stage: Optional[str] = None) -> int:
+    """Episodes the sampler holds at once: rollout.max_batch (0 = all rows of a step), as the trainer does."""
+    rows = rollouts_per_step(cfg, stage)
+    mb = int(cfg.rollout.get("max_batch", 0) or 0)
+    return min(rows, mb) if mb else rows
 
 
 # ----------------------------------------------------------------------------- topology
@@ -314,124 +367,110 @@ def model_flops_per_token(mc, context: int, train: bool) -> float:
     return fwd * (3 if train else 1)
 
 
-def compile_ppo_step(model_cfg, cfg, mesh, bucket_index: int) -> Row:
-    """Compile the PPO step for one sequence bucket and return its Row."""
+def compile_ppo_step(model_cfg, pc, mesh, rows: int, T: int) -> Row:
+    """Compile the PPO step for a [rows, T] batch and return its Row."""
     from pilotrl_jax.rl import ppo
 
-    pc = ppo_config(cfg, bucket_index)
-    T = int(cfg.batch.seq_buckets[bucket_index])
-    B = rollouts_per_step(cfg)
-    mb = int(cfg.batch.micro_batch_rows[bucket_index])
+    n = pc.num_mini_batches * pc.num_micro_batches
+    mb = rows // n
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    row = Row(f"ppo_step T={T}", f"{pc.num_mini_batches}x{pc.num_micro_batches}x{mb} rows", rows * T * pc.epochs)
+    row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=True)
     if mb % shards:
-        return Row(f"ppo_step T={T}", f"B={B} mb={mb}", B * T,
-                   error=f"batch.micro_batch_rows[{bucket_index}]={mb} is not a multiple of data*fsdp={shards}")
+        row.error = (f"micro-batch of {mb} rows is not a multiple of data*fsdp={shards}; lower "
+                     "rl.num_micro_batches or change config.mesh")
+        return row
     step = ppo.make_ppo_step(model_cfg, pc, mesh, donate=True)
     state = abstract_train_state(model_cfg, pc, mesh)
-    batch = abstract_ppo_batch(pc, mesh, B, T)
-    row = Row(f"ppo_step T={T}", f"{pc.num_mini_batches}x{pc.num_micro_batches}x{mb} rows", B * T * pc.epochs)
-    row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=True)
+    batch = abstract_ppo_batch(pc, mesh, rows, T)
     return _analyse(row, step.jitted.lower(state, batch))
 
 
-def compile_logprobs(model_cfg, cfg, mesh, bucket_index: int, param_dtype: Optional[str] = None) -> Row:
-    """Compile the (old or reference) log-prob forward over a whole PPO batch at one bucket."""
+def compile_logprobs(model_cfg, pc, mesh, rows: int, T: int) -> Row:
+    """Compile the old/reference log-prob forward over a whole [rows, T] PPO batch (in the step's chunks)."""
     from pilotrl_jax.rl import ppo
     import jax.numpy as jnp
 
-    pc = ppo_config(cfg, bucket_index)
-    mc = model_cfg if param_dtype is None else model_cfg.replace(param_dtype=param_dtype)
-    T = int(cfg.batch.seq_buckets[bucket_index])
-    B = rollouts_per_step(cfg)
     chunks = pc.num_mini_batches * pc.num_micro_batches
-    fn = ppo.make_logprob_fn(mc, pc, mesh, chunks)
+    fn = ppo.make_logprob_fn(model_cfg, pc, mesh, chunks)
     s = ppo.batch_sharding(mesh)
-    batch = {"input_ids": _sds((B, T), jnp.int32, s), "attention_mask": _sds((B, T), jnp.int32, s)}
-    tag = "ref" if param_dtype else "old"
-    row = Row(f"{tag}_logprobs T={T}", f"{chunks} chunks x{B // chunks} rows", B * T)
-    row.model_flops = row.tokens * model_flops_per_token(mc, T, train=False)
-    return _analyse(row, fn.lower(abstract_params(mc, mesh), batch))
+    batch = {"input_ids": _sds((rows, T), jnp.int32, s), "attention_mask": _sds((rows, T), jnp.int32, s)}
+    row = Row(f"logprobs T={T}", f"{chunks} chunks x{rows // chunks} rows", rows * T)
+    row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=False)
+    return _analyse(row, fn.lower(abstract_params(model_cfg, mesh), batch))
 
 
-def compile_values(model_cfg, cfg, mesh, bucket_index: int) -> Row:
-    """Compile the critic's value forward over a whole PPO batch at one bucket."""
+def compile_values(model_cfg, pc, mesh, rows: int, T: int) -> Row:
+    """Compile the critic's value forward over a whole [rows, T] PPO batch."""
     import jax
     import jax.numpy as jnp
     from pilotrl_jax.models import llama
     from pilotrl_jax.rl import ppo
 
-    pc = dataclasses.replace(ppo_config(cfg, bucket_index), use_critic=True, advantage_estimator="gae")
-    T = int(cfg.batch.seq_buckets[bucket_index])
-    B = rollouts_per_step(cfg)
+    pc = dataclasses.replace(pc, use_critic=True, advantage_estimator="gae")
     chunks = pc.num_mini_batches * pc.num_micro_batches
     fn = ppo.make_value_fn(model_cfg, pc, mesh, chunks)
     shards = ppo.train_state_shardings(model_cfg, pc, mesh).critic_params
     shapes = jax.eval_shape(ppo.init_critic_params, llama.param_shapes(model_cfg))
     cparams = jax.tree.map(lambda a, b: _sds(a.shape, a.dtype, b), shapes, shards)
     s = ppo.batch_sharding(mesh)
-    batch = {"input_ids": _sds((B, T), jnp.int32, s), "attention_mask": _sds((B, T), jnp.int32, s)}
-    row = Row(f"critic_values T={T}", f"{chunks} chunks x{B // chunks} rows", B * T)
+    batch = {"input_ids": _sds((rows, T), jnp.int32, s), "attention_mask": _sds((rows, T), jnp.int32, s)}
+    row = Row(f"critic_values T={T}", f"{chunks} chunks x{rows // chunks} rows", rows * T)
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=False)
     return _analyse(row, fn.lower(cparams, batch))
 
 
-def _sampler_inputs(model_cfg, cfg, mesh):
-    import jax.numpy as jnp
+def _sampler_inputs(model_cfg, mesh, B: int, W: int):
     from pilotrl_jax import sharding as sh
     from pilotrl_jax.models import llama
     from pilotrl_jax.sampling import engine
 
-    sc = cfg.sampler
-    mc = model_cfg.replace(param_dtype=sc.param_dtype)
-    B, W = int(sc.max_batch), int(sc.max_len)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if B % shards:
-        raise AOTError(f"sampler.max_batch={B} is not a multiple of data*fsdp={shards}; the cache's rows are "
-                       "sharded over them")
-    shape = (mc.num_layers, B, W, mc.num_kv_heads, mc.head_dim)
+        raise AOTError(f"the sampler's {B} rows (rollout.max_batch) are not a multiple of data*fsdp={shards}; "
+                       "the cache's rows are sharded over them")
+    shape = (model_cfg.num_layers, B, W, model_cfg.num_kv_heads, model_cfg.head_dim)
     cs = sh.named_sharding(mesh, engine.CACHE_AXES, shape)
-    dt = llama.dtype_of(sc.cache_dtype)
+    dt = llama.dtype_of(model_cfg.dtype)  # the engine's default cache dtype
     cache = {"k": _sds(shape, dt, cs), "v": _sds(shape, dt, cs)}
-    return mc, abstract_params(mc, mesh), cache, B, W
+    return abstract_params(model_cfg, mesh), cache
 
 
-def compile_prefill(model_cfg, cfg, mesh) -> Row:
-    """Compile one sampler prefill chunk over every cache row at the full window."""
+def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int) -> Row:
+    """Compile one sampler prefill chunk over every cache row (B) at the full window (W)."""
     import jax.numpy as jnp
     from pilotrl_jax.sampling import engine
 
-    mc, params, cache, B, W = _sampler_inputs(model_cfg, cfg, mesh)
-    C = engine.pow2_bucket(int(cfg.sampler.prefill_chunk), engine.MIN_PREFILL)
-    s = _row_sharding(mesh, B)
+    params, cache = _sampler_inputs(model_cfg, mesh, B, W)
+    C = engine.pow2_bucket(int(chunk), engine.MIN_PREFILL)
+    s = _row_sharding(mesh, B, 2)
     ids, pos = _sds((B, C), jnp.int32, s), _sds((B, C), jnp.int32, s)
     row = Row(f"prefill C={C}", f"B={B} W={W}", B * C)
-    row.model_flops = row.tokens * model_flops_per_token(mc, W, train=False)
-    return _analyse(row, engine._prefill.lower(mc, params, cache, ids, pos, mesh=mesh))
+    row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
+    return _analyse(row, engine._prefill.lower(model_cfg, params, cache, ids, pos, mesh=mesh))
 
 
-def compile_decode(model_cfg, cfg, mesh) -> Row:
-    """Compile the sampler's decode loop (decode_chunk steps) over every cache row at the full window."""
+def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0) -> Row:
+    """Compile the sampler's decode loop (`chunk` steps) over every cache row (B) at the full window (W)."""
     import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
     from pilotrl_jax.sampling import engine, filters
 
-    sc = cfg.sampler
-    mc, params, cache, B, W = _sampler_inputs(model_cfg, cfg, mesh)
+    params, cache = _sampler_inputs(model_cfg, mesh, B, W)
     s = _row_sharding(mesh, B)
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     rep = NamedSharding(mesh, P())
     state = {"tok": _sds((B,), jnp.int32, s), "pos": _sds((B,), jnp.int32, s), "done": _sds((B,), jnp.bool_, s),
              "reason": _sds((B,), jnp.int32, s), "n_new": _sds((B,), jnp.int32, s),
              "limit": _sds((B,), jnp.int32, s), "keys": _sds((B, 2), jnp.uint32, _row_sharding(mesh, B, 2))}
-    V = mc.vocab_size
-    table = _sds((V,), jnp.bool_, rep)
+    table = _sds((model_cfg.vocab_size,), jnp.bool_, rep)
     sampling = (_sds((), jnp.float32, rep), _sds((), jnp.int32, rep), _sds((), jnp.float32, rep))
     scalar = _sds((), jnp.int32, rep)
-    mode = filters.mode_for(float(sc.temperature), int(sc.top_k), float(sc.top_p))
-    chunk = int(sc.decode_chunk)
+    mode = filters.mode_for(float(temperature), int(top_k), float(top_p))
+    chunk = int(chunk)
     row = Row(f"decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk)
-    row.model_flops = row.tokens * model_flops_per_token(mc, W, train=False)
-    return _analyse(row, engine._decode.lower(mc, params, cache, state, table, table, sampling, scalar, scalar,
+    row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
+    return _analyse(row, engine._decode.lower(model_cfg, params, cache, state, table, table, sampling, scalar, scalar,
                                               mode=mode, chunk=chunk, mesh=mesh))
 
 
@@ -445,43 +484,51 @@ def _row_sharding(mesh, rows: int, ndim: int = 1):
 
 
 def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequence[str] = ("ppo", "ref", "sampler"),
-        log=print) -> tuple[list, dict]:
+        stage: Optional[str] = None, log=print) -> tuple[list, dict]:
     """Compile the config's functions for `topology`; returns (rows, info) for `format_table`."""
-    check_geometry(cfg)
+    check_geometry(cfg, stage)
     devices = topology_devices(topology)
     mesh = topology_mesh(cfg, devices)
     hbm = hbm_bytes(devices[0])
     mc = model_config(cfg)
-    all_buckets = [int(b) for b in cfg.batch.seq_buckets]
+    st = stage_settings(cfg, stage)
+    pc = ppo_config(cfg, stage)
+    rows = rollouts_per_step(cfg, stage)
+    all_buckets = seq_buckets(cfg)
     wanted = all_buckets if not buckets else [int(b) for b in buckets]
     bad = [b for b in wanted if b not in all_buckets]
     if bad:
-        raise AOTError(f"--buckets {bad} are not in batch.seq_buckets={tuple(all_buckets)}")
-    idx = [all_buckets.index(b) for b in wanted]
-    pc0 = ppo_config(cfg, idx[-1])
-    state_bytes = tree_bytes_per_chip(abstract_train_state(mc, pc0, mesh))
-    resident = state_bytes if cfg.aot.get("state_resident_while_sampling", True) else 0
+        raise AOTError(f"--buckets {bad} are not among the config's buckets {tuple(all_buckets)} (config.aot.seq_buckets)")
+    state_bytes = tree_bytes_per_chip(abstract_train_state(mc, pc, mesh))
+    param_bytes = tree_bytes_per_chip(abstract_params(mc, mesh))
+    # The trainer samples and computes old/ref log-probs with the train state's own params, so beside
+    # those functions (whose arguments hold the params) the rest of the state stays in HBM.
+    resident = state_bytes - param_bytes
+    B, W = sampler_rows(cfg, stage), int(cfg.agent.token_budget)
     info = dict(topology=topology_name(topology), chips=len(devices), kind=devices[0].device_kind, hbm=hbm,
                 mesh=dict(mesh.shape), model=_param_count(mc.num_params), state_bytes=state_bytes,
-                rollouts=rollouts_per_step(cfg), name=cfg.get("name", ""))
+                rollouts=rows, name=f"stage {st.name}")
     jobs = []
-    for i in idx:
+    for T in wanted:
         if "ppo" in parts:
-            jobs.append(lambda i=i: compile_ppo_step(mc, cfg, mesh, i))
+            jobs.append(lambda T=T: compile_ppo_step(mc, pc, mesh, rows, T))
         if "ref" in parts:
-            jobs.append(lambda i=i: _with_resident(compile_logprobs(mc, cfg, mesh, i, param_dtype="bfloat16"), resident))
-        if "critic" in parts or (pc0.use_critic and "ref" in parts):
-            jobs.append(lambda i=i: _with_resident(compile_values(mc, cfg, mesh, i), resident))
+            jobs.append(lambda T=T: _with_resident(compile_logprobs(mc, pc, mesh, rows, T), resident))
+        if "critic" in parts or (pc.use_critic and "ref" in parts):
+            jobs.append(lambda T=T: _with_resident(compile_values(mc, pc, mesh, rows, T), resident))
     if "sampler" in parts:
-        jobs.append(lambda: _with_resident(compile_prefill(mc, cfg, mesh), resident))
-        jobs.append(lambda: _with_resident(compile_decode(mc, cfg, mesh), resident))
-    rows = []
+        r = cfg.rollout
+        jobs.append(lambda: _with_resident(compile_prefill(mc, mesh, B, W, _aot(cfg, "prefill_chunk", 256)), resident))
+        jobs.append(lambda: _with_resident(compile_decode(mc, mesh, B, W, _aot(cfg, "decode_chunk", 64),
+                                                          float(r.temperature), int(r.top_k), float(r.top_p)),
+                                           resident))
+    out = []
     for job in jobs:
         row = job()
         row.hbm = hbm
         log(f"  compiled {row.name:<24} in {row.compile_s:6.1f}s" + (f"  ERROR {row.error}" if row.error else ""))
-        rows.append(row)
-    return rows, info
+        out.append(row)
+    return out, info
 
 
 def _param_count(n: int) -> str:
@@ -527,8 +574,8 @@ def format_table(rows: Sequence[Row], info: dict, fraction: float = 0.9) -> str:
                     "yes" if r.fits(fraction) else "NO"] + common + [f"{r.flops / 1e12:.2f}", f"{r.compile_s:.0f}"]
         lines.append("| " + " | ".join(vals) + " |")
     lines.append("")
-    lines.append("peak = args + out - alias (donated) + temps + state (the train state kept in HBM beside "
-                 "forwards and sampling); model FLOPs = tokens x (2 N_matmul + 4 L T H Dh), x3 "
+    lines.append("peak = args + out - alias (donated) + temps + state (the optimizer state that stays in HBM "
+                 "beside the log-prob forward and the sampler, which use the policy params themselves); model FLOPs = tokens x (2 N_matmul + 4 L T H Dh), x3 "
                  "for training, no remat recompute; ideal s = model FLOPs per chip / peak bf16 FLOP/s; HLO FLOPs "
                  "(cost_analysis) count each loop body once (scans over epochs, mini/micro-batches and layers).")
     return "\n".join(lines)
@@ -540,13 +587,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--config", required=True, help="configs/<file>.py[:arg]")
     p.add_argument("--topology", default=None, help="e.g. v5p:2x2x4 or v5p-32 (default: config.tpu.topology)")
     p.add_argument("--buckets", default="", help="comma-separated sequence buckets (default: all)")
+    p.add_argument("--stage", default=None, help="RL stage of the pipeline (default: the first)")
     p.add_argument("--parts", default="ppo,ref,sampler", help="comma-separated subset of ppo,ref,critic,sampler")
     p.add_argument("--max-hbm-fraction", type=float, default=None, help="fit threshold (default config.aot or 0.9)")
     args = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     try:
         cfg = load_config(args.config)
-        topo = args.topology or cfg.get("tpu", {}).get("topology")
+        topo = args.topology or (cfg.get("tpu") or {}).get("topology")
         if not topo:
             raise AOTError("no --topology and no config.tpu.topology; pass e.g. --topology v5p:2x2x4")
         parts = tuple(x for x in args.parts.split(",") if x)
@@ -554,9 +602,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if unknown:
             raise AOTError(f"--parts has {sorted(unknown)}; expected a subset of ppo,ref,critic,sampler")
         buckets = [int(b) for b in args.buckets.split(",") if b]
-        frac = args.max_hbm_fraction or float(cfg.get("aot", {}).get("max_hbm_fraction", 0.9))
+        frac = args.max_hbm_fraction or float(_aot(cfg, "max_hbm_fraction", 0.9))
         print(f"AOT-compiling {args.config} for {topology_name(topo)} ...", flush=True)
-        rows, info = run(cfg, topo, buckets, parts, log=lambda s: print(s, flush=True))
+        rows, info = run(cfg, topo, buckets, parts, args.stage, log=lambda s: print(s, flush=True))
+        info["name"] = f"{args.config} ({info['name']})"
     except AOTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ def test_cli_compiles_tiny_config_for_v5e_2x2():
     assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| function")]
     names = [r.split("|")[1].strip() for r in rows]
-    assert names == ["ppo_step T=64", "ref_logprobs T=64", "prefill C=32", "decode x8 (sample)"]
+    assert names == ["ppo_step T=64", "logprobs T=64", "prefill C=32", "decode x8 (sample)"]
     for r in rows:
         cells = [c.strip() for c in r.split("|")[1:-1]]
         assert cells[9] == "yes", r  # fits
@@ -61,23 +61,25 @@ def test_fit_rule_and_table():
 
 def test_tiny_geometry_and_config_errors():
     cfg = aot.load_config(TINY)
-    pc = aot.ppo_config(cfg, 1)  # 16 rows / 2 mini-batches / 2 rows per micro-batch
+    assert aot.rollouts_per_step(cfg) == 16 and aot.sampler_rows(cfg) == 8 and aot.seq_buckets(cfg) == [64, 128]
+    pc = aot.ppo_config(cfg)
     assert (pc.num_mini_batches, pc.num_micro_batches) == (2, 4)
-    cfg.batch.micro_batch_rows = (4,)
-    with pytest.raises(aot.AOTError, match="one micro-batch size per bucket"):
+    cfg.rl.num_micro_batches = 3
+    with pytest.raises(aot.AOTError, match="rl.num_micro_batches=6"):
+        aot.ppo_config(cfg)
+    cfg = aot.load_config(TINY)
+    cfg.rl.clip_ratio = 0.2
+    with pytest.raises(aot.AOTError, match="unknown keys \\['clip_ratio'\\]"):
+        aot.ppo_config(cfg)
+    cfg = aot.load_config(TINY)
+    cfg.agent.token_budget = 1000
+    with pytest.raises(aot.AOTError, match="largest bucket 128 .* agent.token_budget=1000"):
         aot.check_geometry(cfg)
     cfg = aot.load_config(TINY)
-    cfg.batch.micro_batch_rows = (3, 2)
-    with pytest.raises(aot.AOTError, match=r"micro_batch_rows\[0\]=3"):
-        aot.ppo_config(cfg, 0)
-    cfg = aot.load_config(TINY)
-    cfg.ppo.clip_ratio = 0.2
-    with pytest.raises(aot.AOTError, match="unknown fields \\['clip_ratio'\\]"):
-        aot.ppo_config(cfg, 0)
-    cfg = aot.load_config(TINY)
-    cfg.batch.max_response_len = 1000
-    with pytest.raises(aot.AOTError, match="largest bucket 128"):
-        aot.check_geometry(cfg)
+    with pytest.raises(aot.AOTError, match="not an RL stage"):
+        aot.stage_settings(cfg, "sft")
+    del cfg.aot["seq_buckets"]
+    assert aot.seq_buckets(cfg) == [32, 64, 128]  # powers of two up to the token budget
     with pytest.raises(aot.AOTError, match="no file"):
         aot.load_config("configs/nope.py")
 
@@ -90,15 +92,21 @@ def test_mesh_that_does_not_fit_the_topology_is_named():
         aot.run(cfg, "v5e:2x2", parts=())
 
 
-def test_shipped_8b_configs_load_with_consistent_geometry():
+def test_shipped_8b_config_is_a_valid_trainer_config():
+    from pilotrl_jax.train import config as C
+
     path = os.path.join(ROOT, "configs", "tpu_llama31_8b.py")
-    for stage, epochs in (("executor", 1), ("planner", 2), ("joint", 1)):
-        cfg = aot.load_config(f"{path}:{stage}")
-        aot.check_geometry(cfg)
-        mc = aot.model_config(cfg)
-        assert 8.0e9 < mc.num_params < 8.1e9 and mc.rope_scaling[0] == "llama3"
-        assert aot.rollouts_per_step(cfg) == 4096
-        for i in range(len(cfg.batch.seq_buckets)):
-            assert aot.ppo_config(cfg, i).epochs == epochs
-    with pytest.raises(ValueError, match="stage 'critic' is not one of"):
-        aot.load_config(f"{path}:critic")
+    cfg = aot.load_config(path)
+    C.validate(cfg)
+    assert C.pipeline(cfg) == ("stage1", "stage2", "stage3")
+    mc = aot.model_config(cfg)
+    assert 8.0e9 < mc.num_params < 8.1e9 and mc.rope_scaling[0] == "llama3"
+    assert mc.scan_layers and mc.dtype == "bfloat16"
+    assert aot.rollouts_per_step(cfg) == 4096 and aot.sampler_rows(cfg) == 256
+    aot.check_geometry(cfg)
+    for stage in ("stage1", "stage2", "stage3"):
+        pc = aot.ppo_config(cfg, stage)
+        assert 4096 // (pc.num_mini_batches * pc.num_micro_batches) == 4  # rows per micro-batch
+    assert aot.topology_name(cfg.tpu.slice) == cfg.tpu.topology
+    one = aot.load_config(path + ":stage2")
+    assert C.pipeline(one) == ("stage2",)

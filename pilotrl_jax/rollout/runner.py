@@ -61,8 +61,8 @@ class RolloutConfig:
     top_k: int = 0
     num_cohorts: int = 2  # 1: lockstep (sample all, then step all); 2+: env steps overlap sampling
     max_live: Optional[int] = None  # cap on episodes held at once (default: sampler rows / envs)
-    env_threads: Optional[int] = None  # threads running env calls (default: one per live episode); use 1 for
-    # in-process engines that are not thread-safe (ALFWorld/TextWorld): calls are then serial but still
+    env_threads: Optional[int] = None  # threads running env calls (default: one per live episode, or 1 for
+    # in-process engines that are not thread-safe, NOT_THREAD_SAFE: ALFWorld/TextWorld): serial calls still
     # overlap sampling. ProcessEnvs (EnvPool) are safe with any number.
     seed: int = 0
     progress: bool = True  # tqdm bar over finished episodes
@@ -86,10 +86,15 @@ def episode_seed(seed: int, group_id: int, sample: int) -> int:
 
 
 # ----------------------------------------------------------------------------- environments
+# In-process engines that must not be called from several threads at once (TextWorld's parsers).
+NOT_THREAD_SAFE = ("AlfWorldEnv",)
+
+
 class _EnvProvider:
     """Hands out envs for episodes: from a list, an EnvPool, or a factory (built lazily)."""
 
     def __init__(self, envs: Any, limit: int):
+        self.thread_safe = True
         self._pool = None
         self._factory = None
         self._free: "queue.Queue" = queue.Queue()
@@ -106,6 +111,8 @@ class _EnvProvider:
                 if not (hasattr(e, "reset") and hasattr(e, "step")):
                     raise TypeError(f"envs holds a {type(e).__name__}; expected TextEnv objects (reset/step)")
                 self._free.put(e)
+                if type(e).__name__ in NOT_THREAD_SAFE:
+                    self.thread_safe = False
             self.size = len(envs)
         else:
             raise TypeError(f"envs={envs!r}; expected a non-empty list of TextEnvs, an EnvPool, or a factory "
@@ -262,7 +269,8 @@ class RolloutRunner:
 
             bar = tqdm(total=len(todo), desc="rollout", unit="ep", leave=False)
         self._bar = bar
-        pool = cf.ThreadPoolExecutor(max_workers=min(n_slots, cfg.env_threads or n_slots),
+        threads = cfg.env_threads or (n_slots if provider.thread_safe else 1)
+        pool = cf.ThreadPoolExecutor(max_workers=min(n_slots, threads),
                                      thread_name_prefix="rollout-env")
         self._pool = pool
         try:

@@ -73,7 +73,7 @@ def test_alfworld_sampled_rollout(alf, engine, tok, recording_policy):
     tasks, envs = alf
     pol = recording_policy(engine, temperature=1.0)
     batch = collect(tasks, pol, envs, tok, group_size=2, max_turns=2, max_plan_tokens=48, max_action_tokens=32,
-                    progress=False, seed=0, env_threads=1)  # ALFWorld/TextWorld in-process: not thread-safe
+                    progress=False, seed=0)  # in-process ALFWorld: the runner calls it from one thread
     _check(batch, 8)
     for e in batch.episodes:
         assert [t for s in e.spans for t in s.token_ids] == pol.released[e.seed]
@@ -89,7 +89,7 @@ def test_alfworld_expert_forced_stage1(alf, tok):
     """Stage-1 shape: expert plans (external) + the expert as executor -> every episode succeeds."""
     tasks, envs = alf
     batch = collect(tasks, ForcedPolicy(expert_turn), envs, tok, planner=ExpertPlans(), max_turns=40,
-                    progress=False, env_threads=1)
+                    progress=False)
     _check(batch, 4)
     assert batch.statuses == ["success"] * 4
     for e in batch.episodes:

@@ -107,6 +107,19 @@ def test_forced_expert_succeeds(tiny_tok, tiny_tasks):
                 assert kinds.count(SpanKind.PLAN) == e.num_turns
 
 
+def test_env_factory(tiny_tok, tiny_tasks):
+    """envs may be a factory: envs are built lazily (one per live episode) and closed at the end."""
+    built = []
+
+    def make():
+        built.append(TinyEnv())
+        return built[-1]
+
+    b = collect(tiny_tasks, ForcedPolicy(expert_turn), make, tiny_tok, group_size=2, max_live=3, max_turns=20,
+                progress=False)
+    assert b.statuses == ["success"] * 12 and len(built) == 3 and all(e._game is None for e in built)
+
+
 def test_statuses_env_done_max_turns_budget_format_errors(tiny_tok, tiny_tasks):
     look = ForcedPolicy(lambda ctx: "<global_plan>Step 1: look</global_plan>" if ctx.request.kind == SpanKind.PLAN
                         else "<thought>Step 1.</thought><action>look</action>")

@@ -22,9 +22,10 @@ def load_any(path: str):
     config, params = param_store.load_params(path)
     params_dir, cfg_file = param_store.resolve_params_dir(path)
     tok_dir = None
-    d = os.path.dirname(cfg_file)
-    if os.path.exists(os.path.join(d, "tokenizer", "tokenizer.json")):
-        tok_dir = os.path.join(d, "tokenizer")
+    for d in (os.path.dirname(params_dir), os.path.dirname(cfg_file), os.path.dirname(os.path.dirname(cfg_file))):
+        if os.path.exists(os.path.join(d, "tokenizer", "tokenizer.json")):
+            tok_dir = os.path.join(d, "tokenizer")
+            break
     return config, params, tok_dir
 
 

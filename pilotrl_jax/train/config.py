@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict(dataclasses.asdict(RewardConfig()))
     c.judge = ml_collections.ConfigDict(dict(
         kind="grounded", base_url="", model="", api_key_env="", timeout=60.0, concurrency=8, checkpoint="",
-        max_units=8,
+        max_units=8, max_retries=4, backoff=1.0,
     ))
     c.eval = ml_collections.ConfigDict(dict(
         every=0,  # steps between evaluations inside a stage (0 = only at the end of each stage)

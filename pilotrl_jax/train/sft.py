@@ -71,7 +71,8 @@ def demo_arrays(ctx, st, stage_dir: str) -> dict:
     kinds = np.concatenate([a["kind_ids"] for a in arrs])
     out = {"input_ids": ids, "kind_ids": kinds, "attention_mask": (kinds != 0).astype(np.int32)}
     os.makedirs(stage_dir, exist_ok=True)
-    np.savez(path, **out)
+    np.savez(path + ".tmp.npz", **out)
+    os.replace(path + ".tmp.npz", path)  # a killed run never leaves a torn cache
     return out
 
 

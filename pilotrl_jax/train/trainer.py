@@ -109,7 +109,8 @@ def make_planner(ctx, st: C.StageSettings):
 
         j = ctx.cfg.judge
         client = OpenAIClient(ClientConfig(base_url=st.plan_source_path, model=j.model or "planner",
-                                           api_key_env=j.api_key_env or None, timeout_s=float(j.timeout)))
+                                           api_key_env=j.api_key_env or None, timeout_s=float(j.timeout),
+                                           max_retries=int(j.max_retries), backoff_s=float(j.backoff)))
 
         def complete(messages):
             res = client.chat(messages)
@@ -135,7 +136,8 @@ def make_judge(ctx, st: C.StageSettings, params):
         return mk("grounded")
     if st.judge == "http":
         return mk("http", base_url=j.base_url, model=j.model, api_key_env=j.api_key_env or None,
-                  timeout_s=float(j.timeout), max_concurrency=int(j.concurrency), max_units=int(j.max_units))
+                  timeout_s=float(j.timeout), max_concurrency=int(j.concurrency), max_units=int(j.max_units),
+                  max_retries=int(j.max_retries), backoff_s=float(j.backoff))
     judge_params = S.load_params_any(j.checkpoint, False, ctx.model_cfg, ctx.mesh) if j.checkpoint else params
     return mk("local", config=ctx.model_cfg, params=judge_params, tokenizer=ctx.tokenizer, max_units=int(j.max_units))
 
@@ -169,6 +171,21 @@ def rollout_metrics(batch, rewards) -> dict:
             out[f"rollout/{k}"] = st[k]
     out.update(rewards.metrics)
     return out
+
+
+def training_batch(arr: dict, trained_spans, rewards: np.ndarray) -> dict:
+    """The PPO input of a rollout: token arrays, the stage's loss mask (from span kinds), scores."""
+    return {
+        "input_ids": arr["input_ids"], "attention_mask": arr["attention_mask"],
+        "loss_mask": np.asarray(masks_lib.loss_mask(arr["kind_ids"], trained_spans)),
+        "sampler_logprobs": arr["sampler_logprobs"], "scores": np.asarray(rewards, np.float32),
+        "group_ids": arr["group_ids"],
+    }
+
+
+def params_checksum(params) -> float:
+    """Sum of |params| in float64: a cheap fingerprint to check which params a stage started from."""
+    return float(sum(np.abs(np.asarray(jax.device_get(x), np.float64)).sum() for x in jax.tree.leaves(params)))
 
 
 def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: str, ck: Checkpointer,
@@ -216,11 +233,7 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
             judge_stats = {f"judge/{k}": v for k, v in judge.stats().items() if isinstance(v, (int, float))}
         rewards = compute_rewards([episode_summary(e, j) for e, j in zip(batch.episodes, judgements)], st.reward)
         arr = batch.to_arrays()
-        rollout = {
-            "input_ids": arr["input_ids"], "attention_mask": arr["attention_mask"],
-            "loss_mask": np.asarray(masks_lib.loss_mask(arr["kind_ids"], st.trained_spans)),
-            "sampler_logprobs": arr["sampler_logprobs"], "scores": rewards.reward, "group_ids": arr["group_ids"],
-        }
+        rollout = training_batch(arr, st.trained_spans, rewards.reward)
         t1 = time.perf_counter()
         ppo_batch = fns.prepare(state, rollout, ref_params)
         state, mets = fns.step(state, ppo_batch)
@@ -295,6 +308,10 @@ def run_pipeline(cfg, workdir: str, evaluate_stages: bool = True) -> dict:
                 params = ctx.load_base_params()
             else:
                 params = S.load_params_any(prev, False, ctx.model_cfg, ctx.mesh)
+            if jax.process_index() == 0:
+                os.makedirs(stage_dir, exist_ok=True)
+                with open(os.path.join(stage_dir, "init.json"), "w") as f:
+                    json.dump({"init_from": prev or ctx.base_path, "checksum": params_checksum(params)}, f)
             ck = Checkpointer(ck_dir, ctx.model_cfg, keep=int(cfg.checkpoint.keep),
                               async_save=bool(cfg.checkpoint.async_save))
             S.save_tokenizer_next_to(ctx, ck_dir)

@@ -51,6 +51,9 @@ class EpisodeResult:
     error: Optional[str] = None  # env_error: what the environment raised
     plan_history: list = dataclasses.field(default_factory=list)  # (turn, kind name, steps)
     info: dict = dataclasses.field(default_factory=dict)  # final env info (admissible actions dropped)
+    # The finished AgentEpisode (turns, plan history, observations; for judges and rewards), None when
+    # the env never started. Its spans are `spans`. Not written by to_dict.
+    agent: Any = dataclasses.field(default=None, repr=False, compare=False)
     agent: Any = dataclasses.field(default=None, repr=False, compare=False)  # the AgentEpisode (None if never started)
 
     @property

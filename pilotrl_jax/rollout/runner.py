@@ -440,6 +440,9 @@ class RolloutRunner:
                     break
                 spans.append(s)
                 total += len(s.token_ids)
+            del ep.spans[len(spans):]
+            if not ep.final_info:  # ended by the runner: the last info the env gave
+                ep.final_info = dict(l.info)
             if self.config.verify_tokens and l.handle is not None:
                 seq = [t for s in spans for t in s.token_ids]
                 if seq != self.policy.tokens(l.handle):

@@ -31,6 +31,7 @@ def test_sigkill_mid_episode_is_env_error_others_finish(pool, tiny_tok, tiny_tas
     assert killed and batch.statuses == ["success", "env_error", "success", "success"]
     bad = batch.episodes[1]
     assert "EnvError" in bad.error and not bad.won and bad.num_turns == 2
+    assert bad.agent.status == "env_error" and bad.agent.spans == bad.spans
     assert bad.spans[-1].kind == SpanKind.ACTION  # ends at the action the env never answered
     arr = batch.to_arrays()
     assert arr["lengths"][1] == bad.length > 0

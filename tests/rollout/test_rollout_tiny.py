@@ -131,9 +131,22 @@ def test_statuses_env_done_max_turns_budget_format_errors(tiny_tok, tiny_tasks):
     assert b.statuses == ["budget"] * 2
     for e in b.episodes:
         assert e.length <= 560 and e.spans[-1].kind in POLICY_KINDS
+        assert e.agent.spans == e.spans and e.agent.status == "budget" and e.agent.final_info
     junk = ForcedPolicy(lambda ctx: "no tags at all")
     b = collect(tiny_tasks[:2], junk, _envs(2), tiny_tok, max_turns=10, max_format_errors=3, progress=False)
     assert b.statuses == ["format_errors"] * 2 and all(e.format_errors == 3 for e in b.episodes)
+
+
+def test_reset_failure_is_an_empty_env_error_row(tiny_tok, tiny_tasks):
+    import dataclasses
+
+    broken = dataclasses.replace(tiny_tasks[1], payload={"rooms": []})  # TinyEnv.reset raises ValueError
+    b = collect([tiny_tasks[0], broken], ForcedPolicy(expert_turn), _envs(2), tiny_tok, max_turns=20, progress=False)
+    assert b.statuses == ["success", "env_error"]
+    bad = b.episodes[1]
+    assert bad.length == 0 and bad.agent is None and "payload" in bad.error and not bad.won
+    arr = b.to_arrays()
+    assert arr["lengths"].tolist() == [b.episodes[0].length, 0] and arr["attention_mask"][1].sum() == 0
 
 
 def test_budget_cuts_a_long_generation(tiny_tok, tiny_tasks):

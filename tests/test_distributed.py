@@ -182,7 +182,7 @@ def test_ppo_step_same_on_one_device_and_mesh_shapes():
         assert len(new.params["layers_0"]["mlp"]["w_up"].sharding.device_set) == 8, name
         got, m = jax.device_get(new.params), M.finalize(m)
         diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(got)))
-        assert diff <= 2e-6, (name, diff)
+        assert diff <= 1e-5, (name, diff)  # fp32 reduction order differs per mesh; Adam updates are ~1e-3
         for k, v in ref_m.items():
             assert m[k] == pytest.approx(v, rel=1e-5, abs=1e-6), (name, k)
     # the sweep really shards differently: tensor-only splits heads, fsdp-only splits the embed dim

@@ -10,9 +10,11 @@ Slice: v5p-32 = 16 chips (4 hosts x 4 chips), 95 GiB HBM per chip; every host ru
 Batch geometry (one RL step; the paper's numbers):
 - rollout.tasks_per_step (256) x rollout.group_size (16) = 4096 episodes; each episode is one token
   sequence of at most agent.token_budget = 16384 tokens (2048 prompt + 14336 response, DAPO Lmax).
-- The sampler holds rollout.max_batch = 256 episodes at once: KV cache [32 layers, 256, 16384, 8, 128]
-  in bf16 = 128 KiB per token, 2 GiB per episode, 512 GiB over the slice = 32 GiB per chip (rows over
-  fsdp, kv heads over tensor); the 4096 episodes of a step run in 16 waves.
+- The sampler holds rollout.max_batch = 128 episodes at once: KV cache [32 layers, 128, 16384, 8, 128]
+  in bf16 = 128 KiB per token, 2 GiB per episode, 256 GiB over the slice = 16 GiB per chip (rows over
+  fsdp, kv heads over tensor); the 4096 episodes of a step run in 32 waves. 256 rows do not fit:
+  the worst-case prefill chunk (256 tokens x 256 rows at the full 16K window) needs 89 GiB of 95 per
+  chip (`python -m pilotrl_jax.aot` says so), because the scanned layers write a new copy of the cache.
 - The PPO batch is padded to a power-of-two length (aot.seq_buckets: 4096, 8192, 16384), so the step
   compiles at most 3 times. rl.num_mini_batches = 4 optimizer updates of 64 tasks (1024 rows) each;
   each mini-batch is cut into rl.num_micro_batches = 256 micro-batches of 4 rows (one per data*fsdp
@@ -68,12 +70,13 @@ def get_config(arg: str = ""):
     c.agent.token_budget = 16384
     c.rollout.tasks_per_step = 256
     c.rollout.group_size = 16
-    c.rollout.max_batch = 256
+    c.rollout.max_batch = 128
     c.rl.num_mini_batches = 4
     c.rl.num_micro_batches = 256  # 1024 rows per mini-batch / 4 rows per micro-batch
     c.checkpoint.every = 1  # a step is minutes long; preemption loses at most one
     c.checkpoint.keep = 2
     c.tpu = dict(slice="v5p-32", topology="v5p:2x2x4", accelerator_type="v5p-32",
                  runtime_version="v2-alpha-tpuv5", zone="us-east5-a")
+    # prefill/decode chunks: the SamplerEngine defaults the trainer uses (it does not set them)
     c.aot = dict(seq_buckets=(4096, 8192, 16384), prefill_chunk=256, decode_chunk=64, max_hbm_fraction=0.9)
     return c

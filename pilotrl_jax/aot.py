@@ -3,16 +3,19 @@
     python -m pilotrl_jax.aot --config configs/tpu_llama31_8b.py --topology v5p:2x2x4
 
 compiles, with abstract inputs only (`jax.ShapeDtypeStruct` carrying the rules-table shardings; no
-weights are read or allocated), at the config's real shapes:
+weights are read or allocated), at the shapes the trainer (`python -m pilotrl_jax.train`) would use
+for the config's first RL stage (or --stage): rollout.tasks_per_step x group_size rows, rl mini- and
+micro-batches, rollout.max_batch sampler rows, agent.token_budget tokens, config.mesh:
 - the PPO step (`rl.ppo.make_ppo_step`) for every sequence bucket (or those given by --buckets),
 - the old/reference log-prob forward (`rl.ppo.make_logprob_fn`) and, with a critic, the value forward,
 - the sampler's prefill and decode steps (`sampling.engine._prefill` / `_decode`) at the worst case
   (every cache row, the whole cache window),
-and prints per chip: memory (`compiled.memory_analysis()`: arguments, outputs, temps), the train
-state kept in HBM beside the sampler/forwards, the peak against the chip's HBM, FLOPs
-(`compiled.cost_analysis()`), tokens per call, and whether it fits under `--max-hbm-fraction`.
+and prints per chip: memory (`compiled.memory_analysis()`: arguments, outputs, temps), the optimizer
+state kept in HBM beside the sampler/forwards, the peak against the chip's HBM, FLOPs (analytic, and
+`compiled.cost_analysis()`), tokens per call, and whether it fits under `--max-hbm-fraction`.
+The model comes from `config.model.hf_config` (an HF config dict), else `config.model.path`.
 
-Needs `pip install libtpu` (the version jax[tpu] pins) so JAX can compile for TPU without one.
+Needs `pip install 'libtpu==0.0.42.*'` (the version jax[tpu]==0.10.2 pins; 0.0.42.1 tested) so JAX can compile for TPU without one.
 Topologies: `v5p:2x2x4`-style names (as `jax.experimental.topologies` takes them) or slice names
 such as `v5p-32`, `v4-16`, `v5litepod-16`, `v6e-8`.
 """

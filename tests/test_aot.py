@@ -102,7 +102,7 @@ def test_shipped_8b_config_is_a_valid_trainer_config():
     mc = aot.model_config(cfg)
     assert 8.0e9 < mc.num_params < 8.1e9 and mc.rope_scaling[0] == "llama3"
     assert mc.scan_layers and mc.dtype == "bfloat16"
-    assert aot.rollouts_per_step(cfg) == 4096 and aot.sampler_rows(cfg) == 256
+    assert aot.rollouts_per_step(cfg) == 4096 and aot.sampler_rows(cfg) == 128
     aot.check_geometry(cfg)
     for stage in ("stage1", "stage2", "stage3"):
         pc = aot.ppo_config(cfg, stage)

@@ -103,6 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
         stage1=_stage(trained_spans="action", plan_source="expert", steps=10),
         stage2=_stage(trained_spans="plan", plan_source="policy", steps=20, plan_weight=0.5),
         stage3=_stage(trained_spans="plan,action", plan_source="policy", steps=10),
+        # joint training alone (no progression), from the warm start: the paper's ablation
+        stage3_only=_stage(trained_spans="plan,action", plan_source="policy", steps=10, init_from="sft"),
     ))
     return c
 
@@ -153,8 +155,10 @@ def validate(c) -> None:
         if s.plan_source != "policy" and "plan" in spans and s.kind == "rl":
             raise ValueError(f"{where} trains 'plan' spans but plan_source={s.plan_source!r} writes the plan; "
                              "use plan_source='policy' (stages 2-3) or trained_spans='action' (stage 1)")
-        if s.init_from not in INIT_FROM:
-            raise ValueError(f"{where}.init_from={s.init_from!r}; expected one of {INIT_FROM}")
+        earlier = names[: names.index(n)]
+        if s.init_from not in INIT_FROM and s.init_from not in earlier:
+            raise ValueError(f"{where}.init_from={s.init_from!r}; expected one of {INIT_FROM} or an earlier stage "
+                             f"of the pipeline {list(earlier)}")
         if s.steps < 0:
             raise ValueError(f"{where}.steps={s.steps}; expected >= 0")
         if s.judge and s.judge not in JUDGES:

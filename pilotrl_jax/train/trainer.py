@@ -304,14 +304,15 @@ def run_pipeline(cfg, workdir: str, evaluate_stages: bool = True) -> dict:
                     out[name] = {"final": final, "eval": json.load(f)}
                 print(f"[{name}] already done; using {final}", flush=True)
                 continue
-            if prev is None or st.init_from == "base":
-                params = ctx.load_base_params()
+            start_from = out[st.init_from]["final"] if st.init_from in out else prev
+            if start_from is None or st.init_from == "base":
+                params, start_from = ctx.load_base_params(), None
             else:
-                params = S.load_params_any(prev, False, ctx.model_cfg, ctx.mesh)
+                params = S.load_params_any(start_from, False, ctx.model_cfg, ctx.mesh)
             if jax.process_index() == 0:
                 os.makedirs(stage_dir, exist_ok=True)
                 with open(os.path.join(stage_dir, "init.json"), "w") as f:
-                    json.dump({"init_from": prev or ctx.base_path, "checksum": params_checksum(params)}, f)
+                    json.dump({"init_from": start_from or ctx.base_path, "checksum": params_checksum(params)}, f)
             ck = Checkpointer(ck_dir, ctx.model_cfg, keep=int(cfg.checkpoint.keep),
                               async_save=bool(cfg.checkpoint.async_save))
             S.save_tokenizer_next_to(ctx, ck_dir)

@@ -23,8 +23,13 @@ def tok():
 @pytest.fixture(scope="module")
 def fake_server():
     """(state, base_url) of a misbehaving OpenAI-compatible server on 127.0.0.1; state reset per use."""
-    import fake_openai
+    import importlib.util
+    import os
 
+    spec = importlib.util.spec_from_file_location(
+        "rewards_fake_openai", os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_openai.py"))
+    fake_openai = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake_openai)
     state, url, stop = fake_openai.start()
     yield state, url
     stop()

@@ -74,6 +74,24 @@ def test_pipeline_chains_stages_and_writes_everything(tmp_path):
                         "--out", str(tmp_path / "hf")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "tokenizer.json").exists()
+    # results.json rows (the demo's schema) from the run
+    from pilotrl_jax.experiments.results import rows_from_run, write_results
+
+    rows = rows_from_run(str(tmp_path), list(out), cfg.seed)
+    assert [r["model"] for r in rows] == ["warm_start", "stage1", "stage2", "stage3"]
+    path = write_results(str(tmp_path / "results.json"), rows)
+    got = json.load(open(path))["runs"][0]
+    assert set(got) >= {"model", "mode", "seed", "split", "success_rate", "episodes"} and got["split"] == "heldout"
+    # the evaluate CLI on the final checkpoint
+    r = subprocess.run([sys.executable, "-m", "pilotrl_jax.evaluate", "--checkpoint", prev_final,
+                        "--config", os.path.join(ROOT, "configs", "smoke.py"), "--config.env.num_train_tasks=12",
+                        "--config.env.num_eval_tasks=2", "--config.agent.max_turns=2", "--num_tasks=2",
+                        "--mode=adaplan,react", "--json", str(tmp_path / "ev.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ev = json.load(open(tmp_path / "ev.json"))
+    assert [e["mode"] for e in ev] == ["adaplan", "react"] and all(e["episodes"] == 2 for e in ev)
+    assert "success" in r.stdout
     # rerunning a finished pipeline skips every stage
     again = T.run_pipeline(cfg, str(tmp_path))
     assert again["stage3"]["final"] == out["stage3"]["final"]
@@ -197,3 +215,14 @@ def test_judge_server_failures_never_crash_and_are_counted(tmp_path):
         assert all(r["judge/failures"] > 0 for r in rows)
     finally:
         stop()
+
+
+def test_evidence_table_summary():
+    from pilotrl_jax.experiments.table import format_summary, summarize
+
+    rows = [{"model": m, "mode": mode, "seed": s, "success_rate": v}
+            for s, v in ((0, 0.2), (1, 0.4)) for m, mode in (("stage3", "adaplan"), ("warm_start", "react"))]
+    summ = summarize(rows)
+    assert [(x["model"], x["mode"]) for x in summ] == [("warm_start", "react"), ("stage3", "adaplan")]
+    assert summ[0]["mean"] == pytest.approx(0.3) and summ[0]["std"] == pytest.approx(0.1) and summ[0]["seeds"] == 2
+    assert "30.0 ± 10.0" in format_summary(summ)

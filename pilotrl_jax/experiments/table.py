@@ -1,0 +1,89 @@
+"""The evidence table: held-out success of warm start (ReAct, AdaPlan), + stage 1, + stage 2,
++ stage 3, and stage 3 alone, over several seeds, with the spread.
+
+    python -m pilotrl_jax.experiments.table --seeds 0,1,2 [--out runs/table] [--config configs/demo.py]
+
+Each seed runs the pipeline sft,stage1,stage2,stage3,stage3_only (same budget per seed; the SFT
+demonstrations include both AdaPlan and ReAct turns so the warm start can be evaluated in both
+modes) into OUT/seed_<k>; results are written to OUT/results.json and printed as mean ± std.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "demo.py"), "Base config.")
+_OUT = flags.DEFINE_string("out", "runs/table", "Output folder.")
+_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+
+ORDER = [("warm_start", "react"), ("warm_start", "adaplan"), ("stage1", "adaplan"), ("stage2", "adaplan"),
+         ("stage3", "adaplan"), ("stage3_only", "adaplan")]
+
+
+def table_config(cfg, seed: int):
+    """The per-seed config: the full ablation pipeline, SFT on both formats, eval in both modes."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.unlock()
+    cfg.seed = int(seed)
+    cfg.pipeline = "sft,stage1,stage2,stage3,stage3_only"
+    cfg.stages.sft.mode = "adaplan,react"
+    cfg.eval.modes = "adaplan,react"
+    cfg.stages.stage3_only.steps = cfg.stages.stage3.steps
+    cfg.stages.stage3_only.lr = cfg.stages.stage3.lr
+    return cfg
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean, std and per-seed values of success per (model, mode), in the table's order."""
+    by = collections.defaultdict(list)
+    for r in rows:
+        by[(r["model"], r["mode"])].append(r["success_rate"])
+    out = []
+    for key in ORDER + sorted(set(by) - set(ORDER)):
+        if key in by:
+            v = np.asarray(by[key])
+            out.append({"model": key[0], "mode": key[1], "mean": float(v.mean()), "std": float(v.std()),
+                        "seeds": len(v), "values": v.tolist()})
+    return out
+
+
+def format_summary(summary: list[dict]) -> str:
+    """Plain-text table: success % mean ± std over seeds."""
+    lines = [f"{'model':<14} {'mode':<8} {'success % (mean ± std)':>24} {'seeds':>6}", "-" * 56]
+    for s in summary:
+        lines.append(f"{s['model']:<14} {s['mode']:<8} {s['mean'] * 100:>15.1f} ± {s['std'] * 100:<5.1f} {s['seeds']:>6}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    """Run every seed (resuming finished ones) and print the table."""
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    import jax
+
+    from pilotrl_jax.experiments.results import rows_from_run, write_results
+    from pilotrl_jax.train import config as C
+    from pilotrl_jax.train.trainer import run_pipeline
+
+    out = os.path.abspath(_OUT.value)
+    jax.config.update("jax_compilation_cache_dir", os.path.join(out, ".jax_cache"))
+    rows = []
+    for seed in [int(s) for s in _SEEDS.value.split(",") if s.strip()]:
+        cfg = table_config(_CONFIG.value, seed)
+        wd = os.path.join(out, f"seed_{seed}")
+        run_pipeline(cfg, wd)
+        rows += rows_from_run(wd, C.pipeline(cfg), seed)
+    write_results(os.path.join(out, "results.json"), rows)
+    summary = summarize(rows)
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

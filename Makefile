@@ -23,7 +23,7 @@ test: venv
 	$(PY) -m pytest -q -ra
 
 demo: venv
-	$(PY) -m pilotrl_jax.demo
+	JAX_PLATFORMS=cpu $(PY) -m pilotrl_jax.demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 
@@ -58,3 +59,25 @@ def info_defaults(info: dict[str, Any] | None, won: bool = False, score: float =
     out.setdefault("won", bool(won))
     out.setdefault("score", float(score))
     return out
+
+
+class TimedEnv:
+    """Mixin: public reset/step call the subclass's `_reset`/`_step` and add their time to `self.timings`."""
+
+    timings: dict
+
+    def reset(self, task: Task) -> tuple[str, dict]:
+        """Start `task` (see the subclass's `_reset`); time goes to timings['reset_s']."""
+        t = time.perf_counter()
+        out = self._reset(task)
+        self.timings["reset_s"] += time.perf_counter() - t
+        self.timings["n_reset"] += 1
+        return out
+
+    def step(self, action: str) -> StepResult:
+        """Apply one action (see the subclass's `_step`); time goes to timings['step_s']."""
+        t = time.perf_counter()
+        out = self._step(action)
+        self.timings["step_s"] += time.perf_counter() - t
+        self.timings["n_step"] += 1
+        return out

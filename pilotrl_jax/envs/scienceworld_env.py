@@ -16,7 +16,7 @@ import random
 import time
 from typing import Sequence
 
-from pilotrl_jax.envs.base import StepResult, Task, info_defaults
+from pilotrl_jax.envs.base import StepResult, Task, TimedEnv, info_defaults
 
 ENV_NAME = "scienceworld"
 SPLITS = ("train", "dev", "test", "heldout")
@@ -46,7 +46,7 @@ def _close_engine(engine) -> None:
         engine.close = lambda: None
 
 
-class ScienceWorldEnv:
+class ScienceWorldEnv(TimedEnv):
     """ScienceWorld behind the TextEnv protocol; one JVM reused across resets.
 
     `step_limit`: done after this many engine moves (None: only the engine ends episodes).
@@ -128,22 +128,6 @@ class ScienceWorldEnv:
         return info_defaults(info, won=self._won, score=self._score)
 
     # ------------------------------------------------------------------ protocol
-    def reset(self, task: Task) -> tuple[str, dict]:
-        """Start `task`; see _reset. Time is added to self.timings."""
-        t = time.perf_counter()
-        out = self._reset(task)
-        self.timings["reset_s"] += time.perf_counter() - t
-        self.timings["n_reset"] += 1
-        return out
-
-    def step(self, action: str) -> StepResult:
-        """Apply one action; see _step. Time is added to self.timings."""
-        t = time.perf_counter()
-        out = self._step(action)
-        self.timings["step_s"] += time.perf_counter() - t
-        self.timings["n_step"] += 1
-        return out
-
     def _reset(self, task: Task) -> tuple[str, dict]:
         """Load `task` (payload: task_name, variation, optional simplifications) in the running JVM."""
         if not isinstance(task, Task) or task.env != ENV_NAME:

@@ -14,7 +14,7 @@ import random
 import time
 from typing import Mapping, Sequence
 
-from pilotrl_jax.envs.base import StepResult, Task, info_defaults
+from pilotrl_jax.envs.base import StepResult, Task, TimedEnv, info_defaults
 
 ENV_NAME = "twx"
 GAMES = ("cookingworld", "twc", "coin", "mapreader", "arithmetic", "sorting", "simonsays",
@@ -51,7 +51,7 @@ def _start_engine(jar_path: str | None = None):
     return _Engine(serverPath=jar_path, envStepLimit=10**9)
 
 
-class TWXEnv:
+class TWXEnv(TimedEnv):
     """TextWorldExpress behind the TextEnv protocol; one JVM reused across resets.
 
     `step_limit`: done after this many steps (None: only the engine ends episodes).
@@ -111,22 +111,6 @@ class TWXEnv:
             },
             won=self._won, score=self._score,
         )
-
-    def reset(self, task: Task) -> tuple[str, dict]:
-        """Start `task`; see _reset. Time is added to self.timings."""
-        t = time.perf_counter()
-        out = self._reset(task)
-        self.timings["reset_s"] += time.perf_counter() - t
-        self.timings["n_reset"] += 1
-        return out
-
-    def step(self, action: str) -> StepResult:
-        """Apply one action; see _step. Time is added to self.timings."""
-        t = time.perf_counter()
-        out = self._step(action)
-        self.timings["step_s"] += time.perf_counter() - t
-        self.timings["n_step"] += 1
-        return out
 
     def _reset(self, task: Task) -> tuple[str, dict]:
         """Generate the game of `task` (payload: game, seed, fold, params) and return its start."""

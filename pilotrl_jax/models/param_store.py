@@ -7,11 +7,8 @@ Layout (either form is accepted by `load_params` and by `python -m pilotrl_jax.e
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Optional
-
 import jax
 import orbax.checkpoint as ocp
 

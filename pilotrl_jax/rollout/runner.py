@@ -28,7 +28,7 @@ import concurrent.futures as cf
 import dataclasses
 import queue
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 

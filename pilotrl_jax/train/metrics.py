@@ -78,7 +78,7 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-DEFAULT_CURVES = ("reward/mean", "success/train", "eval/success", "plan_score/mean", "format_errors/mean",
+DEFAULT_CURVES = ("sft/loss", "reward/mean", "success/train", "eval/success", "plan_score/mean", "format_errors/mean",
                   "ppo/policy_loss", "ppo/entropy", "ppo/clip_frac", "length/mean")
 
 

@@ -1,10 +1,8 @@
 """`python -m pilotrl_jax.export` on Orbax params checkpoints and HF directories."""
-import os
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 import transformers
 

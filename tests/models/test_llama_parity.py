@@ -1,6 +1,5 @@
 """Logit parity of our Flax LLaMA with transformers' torch LlamaForCausalLM."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """SmolLM2-135M-Instruct: greedy generation (and a continuation turn) equals transformers token for token."""
-import numpy as np
 import pytest
 import torch
 import transformers

@@ -1,5 +1,4 @@
 """Trainer checkpoints: save/restore, keep-last-N, corrupted latest falls back, metrics/plots."""
-import json
 import os
 
 import jax

@@ -6,8 +6,6 @@ Prints a table with the ratio ours/torch measured in the same run.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import jax
@@ -16,6 +14,7 @@ import torch
 import transformers
 
 from pilotrl_jax.models import hf_io, llama
+from common import model_dir
 
 
 def _time(fn, reps):
@@ -24,19 +23,6 @@ def _time(fn, reps):
     for _ in range(reps):
         fn()
     return (time.perf_counter() - t) / reps
-
-
-def _model_dir(name: str) -> str:
-    if name == "smollm2":
-        from pilotrl_jax.models.smollm2 import ensure_smollm2_hf
-
-        return ensure_smollm2_hf()
-    d = tempfile.mkdtemp()
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    return d
 
 
 def main():
@@ -48,7 +34,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
-    path = _model_dir(args.model)
+    path = model_dir(args.model)
     config, params = hf_io.load_hf(path, dtype=args.dtype)
     tmodel = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     fwd = jax.jit(lambda p, x: llama.forward(config, p, x))

@@ -10,7 +10,6 @@ AdamW. Both do one mini-batch, one epoch. MFU is against a float32 matmul peak m
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 
 import jax
@@ -21,6 +20,7 @@ import transformers
 
 from pilotrl_jax.models import hf_io
 from pilotrl_jax.rl import ppo
+from common import model_dir
 
 
 def _best_time(fn, reps):
@@ -81,20 +81,6 @@ def train_flops_per_token(c, seq: int) -> float:
     return 3 * (2 * dense + attn)
 
 
-def _model_dir(name: str) -> str:
-    """An HF model directory: SmolLM2-135M (if installed) or a small random LLaMA."""
-    if name == "smollm2":
-        from pilotrl_jax.models.smollm2 import ensure_smollm2_hf
-
-        return ensure_smollm2_hf()
-    d = tempfile.mkdtemp()
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    return d
-
-
 def _batch(vocab, B, T, seed=0):
     """A synthetic PPO batch: prompt half untrained, response half trained, random advantages."""
     rng = np.random.default_rng(seed)
@@ -144,7 +130,7 @@ def main():
 
     pj, pt = matmul_peak()
     peak = max(pj, pt)
-    path = _model_dir(args.model)
+    path = model_dir(args.model)
     config, params = hf_io.load_hf(path)
     tmodel = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
     cfg = ppo.PPOConfig(lr=1e-6, num_mini_batches=1, num_micro_batches=args.micro, shuffle=False)

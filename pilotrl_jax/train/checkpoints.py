@@ -1,5 +1,7 @@
 """Training checkpoints: an Orbax CheckpointManager with async saves, keep-last-N, a best copy,
 metadata (stage, step, config, git commit, data position, RNG), resume, and corruption fallback.
+Several hosts: every host calls save/restore (Orbax writes each host's shards); process 0 alone
+writes the model config and clears an old best/final copy.
 
 Layout under `DIR` (one per stage: `WORKDIR/<stage>/checkpoints`):
     DIR/model_config.json            the model config (so `python -m pilotrl_jax.export DIR` works)
@@ -20,6 +22,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from pilotrl_jax import distributed as dist
 from pilotrl_jax.models import param_store
 from pilotrl_jax.models.config import LlamaConfig
 
@@ -83,6 +86,7 @@ class Checkpointer:
         path = os.path.join(self.directory, name)
         if jax.process_index() == 0 and os.path.exists(path):
             shutil.rmtree(path)
+        dist.sync(f"checkpoint-{name}")  # several hosts: nobody writes before the old copy is gone
         return param_store.save_params(path, self.model_config, params)
 
     # ------------------------------------------------------------------ restoring

@@ -1,19 +1,28 @@
-"""Evaluation: run the policy on held-out tasks and report success per environment and task type."""
+"""Evaluation: run the policy on held-out tasks and report success per environment and task type.
+
+On several hosts the tasks are split over them (contiguous shares), each host runs its share with
+its own sampler, and the per-episode records are gathered so every process holds the full table
+(process 0 writes it).
+"""
 from __future__ import annotations
 
 import collections
+import json
+import types
 from typing import Any, Optional, Sequence
 
+from pilotrl_jax import distributed as dist
 from pilotrl_jax.rollout import RolloutConfig, RolloutRunner, SamplerPolicy
 from pilotrl_jax.sampling.engine import SamplerEngine
+from pilotrl_jax.train import multihost
 
 
 def make_engine(ctx, params, rows: int, seed: int) -> SamplerEngine:
     """A sampler engine over `params` sized for `rows` episodes of the run's token budget."""
     from pilotrl_jax.agent.tokenizer import STOP_STRINGS
 
-    return SamplerEngine(ctx.model_cfg, params, max_batch=max(1, rows), max_len=int(ctx.cfg.agent.token_budget),
-                         mesh=ctx.mesh, seed=seed, tokenizer=ctx.tokenizer, stop_strings=STOP_STRINGS)
+    return SamplerEngine(ctx.model_cfg, multihost.sampler_params(ctx, params), max_batch=max(1, rows),
+                         max_len=int(ctx.cfg.agent.token_budget), mesh=multihost.sampler_mesh(ctx), seed=seed, tokenizer=ctx.tokenizer, stop_strings=STOP_STRINGS)
 
 
 def rollout_config(ctx, *, group_size: int, mode: str, replan: Optional[str], temperature: float, top_p: float,
@@ -26,7 +35,7 @@ def rollout_config(ctx, *, group_size: int, mode: str, replan: Optional[str], te
         group_size=int(group_size), mode=mode, replan=replan if mode == "adaplan" else None,
         max_turns=int(a.max_turns), max_plan_tokens=int(a.max_plan_tokens), max_action_tokens=int(a.max_action_tokens),
         token_budget=int(a.token_budget), max_format_errors=int(a.max_format_errors) or None,
-        show_admissible=bool(a.show_admissible), temperature=float(temperature), top_p=float(top_p),
+        show_admissible=bool(a.show_admissible), prompt_style=str(a.get("prompt_style", "full")), temperature=float(temperature), top_p=float(top_p),
         top_k=int(r.top_k), num_cohorts=int(r.num_cohorts), env_threads=threads, seed=int(seed), progress=progress,
     )
 
@@ -50,14 +59,38 @@ def success_table(batch, tasks: Sequence[Any]) -> dict:
     }
 
 
+class EpisodeRecords:
+    """Episodes gathered from every host as `EpisodeResult.to_dict()` records (attributes readable
+    like an EpisodeResult's: group_id, won, num_turns, ...); `to_jsonl` writes them as RolloutBatch does."""
+
+    def __init__(self, records: Sequence[dict]):
+        self.records = list(records)
+        self.episodes = [types.SimpleNamespace(**r) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def to_jsonl(self, path: str) -> None:
+        """Write one JSON line per episode (metadata + span texts) to `path`."""
+        with open(path, "w") as f:
+            for r in self.records:
+                f.write(json.dumps(r) + "\n")
+
+
 def evaluate(ctx, params, tasks: Sequence[Any], mode: str = "adaplan", replan: Optional[str] = None,
              temperature: Optional[float] = None, top_p: Optional[float] = None, seed: int = 12345,
              group_size: int = 1, max_rows: int = 64, progress: bool = True) -> tuple[dict, Any]:
-    """Run the policy (its own plans) on `tasks`; returns (success table, RolloutBatch)."""
+    """Run the policy (its own plans) on `tasks`; returns (success table, RolloutBatch).
+
+    On several hosts every process must call it (it is collective): each runs its share of `tasks`
+    and gets the table over all of them, with an `EpisodeRecords` of every host's episodes."""
     e = ctx.cfg.eval
     temperature = float(e.temperature if temperature is None else temperature)
     top_p = float(e.top_p if top_p is None else top_p)
     replan = replan or ctx.cfg.agent.replan
+    if multihost.is_multihost():
+        return _evaluate_hosts(ctx, params, list(tasks), mode, replan, temperature, top_p, seed, group_size,
+                               max_rows, progress)
     rows = min(max_rows, len(tasks) * group_size)
     engine = make_engine(ctx, params, rows, seed)
     rc = rollout_config(ctx, group_size=group_size, mode=mode, replan=replan, temperature=temperature, top_p=top_p,
@@ -66,6 +99,28 @@ def evaluate(ctx, params, tasks: Sequence[Any], mode: str = "adaplan", replan: O
                            ctx.env_factory, ctx.tokenizer, rc)
     batch = runner.run(list(tasks))
     return success_table(batch, list(tasks)), batch
+
+
+def _evaluate_hosts(ctx, params, tasks, mode, replan, temperature, top_p, seed, group_size, max_rows,
+                    progress) -> tuple[dict, EpisodeRecords]:
+    """`evaluate` on several hosts: this host's share of the tasks, then every host's records."""
+    import jax
+
+    params = multihost.sampler_params(ctx, params)  # collective: before any host-dependent branch
+    mine = multihost.split_evenly(len(tasks), jax.process_count(), jax.process_index())
+    records: list = []
+    if len(mine):
+        local = [tasks[i] for i in mine]
+        engine = make_engine(ctx, params, min(max_rows, len(local) * group_size), seed)
+        rc = rollout_config(ctx, group_size=group_size, mode=mode, replan=replan, temperature=temperature,
+                            top_p=top_p, seed=multihost.host_seed(seed), progress=progress and dist.is_coordinator())
+        batch = RolloutRunner(SamplerPolicy(engine, temperature, top_p, int(ctx.cfg.rollout.top_k)),
+                              ctx.env_factory, ctx.tokenizer, rc).run(local)
+        for ep in batch.episodes:
+            ep.group_id = mine.start + ep.group_id  # the task's index in `tasks`
+        records = [ep.to_dict() for ep in batch.episodes]
+    gathered = EpisodeRecords([r for part in dist.allgather_json(records) for r in part])
+    return success_table(gathered, tasks), gathered
 
 
 def format_table(rows: Sequence[dict]) -> str:

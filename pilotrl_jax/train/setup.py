@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import jax
 
+from pilotrl_jax import distributed as dist
 from pilotrl_jax import sharding as sh
 from pilotrl_jax.envs import registry
 from pilotrl_jax.models import hf_io, llama, param_store
@@ -141,7 +142,9 @@ def _tokenizer(cfg, workdir: str, train_tasks: list, factory) -> Any:
             raise FileNotFoundError(f"no tokenizer next to checkpoint {cfg.model.path}; set config.tokenizer.path")
         return transformers.AutoTokenizer.from_pretrained(tok_dir)
     tok_dir = os.path.join(workdir, "tokenizer")
-    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+    have = os.path.exists(os.path.join(tok_dir, "tokenizer.json"))
+    dist.sync("tokenizer")  # several hosts: every host looked before process 0 may write it
+    if have:
         return transformers.AutoTokenizer.from_pretrained(tok_dir)
     corpus = expert_corpus(factory, train_tasks[: int(cfg.tokenizer.corpus_tasks)], cfg.env.name)
     tok = build_word_tokenizer(corpus, vocab_size=int(cfg.tokenizer.vocab_size))
@@ -154,7 +157,14 @@ def build_context(cfg, workdir: str) -> RunContext:
     """Tasks, env factory, tokenizer, model config and base params location for a run."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    train, held = load_splits(cfg, workdir)
+    if jax.process_count() > 1:  # generated tasks (ALFWorld games): process 0 writes, the others reuse
+        if dist.is_coordinator():
+            train, held = load_splits(cfg, workdir)
+        dist.sync("tasks")
+        if not dist.is_coordinator():
+            train, held = load_splits(cfg, workdir)
+    else:
+        train, held = load_splits(cfg, workdir)
     factory = env_factory(cfg)
     tok = _tokenizer(cfg, workdir, train, factory)
     mesh = make_mesh(cfg)
@@ -178,7 +188,11 @@ def build_context(cfg, workdir: str) -> RunContext:
             pad_token_id=tok.pad_token_id, **ours,
         )
         base, is_hf = os.path.join(workdir, "base"), False
-        if not os.path.exists(os.path.join(base, "params")):
+        # several hosts: every host looks before any writes, and all agree (the save is collective)
+        have = os.path.exists(os.path.join(base, "params"))
+        if jax.process_count() > 1:
+            have = not dist.any_host(not have)
+        if not have:
             params = llama.init_params(model_cfg, jax.random.PRNGKey(int(cfg.seed)), mesh=mesh)
             param_store.save_params(base, model_cfg, params)
     return RunContext(cfg=cfg, workdir=workdir, model_cfg=model_cfg, tokenizer=tok, mesh=mesh, train_tasks=train,

@@ -3,6 +3,9 @@
 Demonstrations are real rollouts whose policy text is the environment expert's (a `ForcedPolicy`),
 so they carry exactly the token layout RL will use. The loss is next-token cross-entropy on the
 trained span kinds only.
+
+Several hosts: every host collects the same (deterministic, model-free) demonstrations, process 0
+writes the cache, and each step's batch is placed over the mesh from the rows every host holds.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from pilotrl_jax import distributed as dist
 from pilotrl_jax.models import llama
 from pilotrl_jax.rl import masks as masks_lib
 from pilotrl_jax.rollout import ForcedPolicy, RolloutRunner, expert_turn
@@ -30,16 +34,27 @@ def sft_loss(model_cfg, params, batch: dict):
     return (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
 
 
-def make_sft_step(model_cfg, tx):
-    """Jitted (params, opt_state, batch) -> (params, opt_state, loss)."""
+def make_sft_step(model_cfg, tx, out_shardings=None):
+    """Jitted (params, opt_state, batch) -> (params, opt_state, loss); `out_shardings` pins the
+    (params, opt_state, loss) layout (multi-host: the state stays sharded as it came)."""
 
-    @jax.jit
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(lambda p: sft_loss(model_cfg, p, batch))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return step
+    return jax.jit(step) if out_shardings is None else jax.jit(step, out_shardings=out_shardings)
+
+
+def opt_state_shardings(tx, params, mesh):
+    """NamedShardings of `tx.init(params)`: moments like their params, counters replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    rep = NamedSharding(mesh, P())
+    shards = jax.tree.map(lambda x: x.sharding, params)
+    return optax.tree_utils.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), shards,
+                                            transform_non_params=lambda _: rep,
+                                            is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 def collect_demos(ctx, tasks, mode: str, replan, seed: int) -> Any:
@@ -70,9 +85,10 @@ def demo_arrays(ctx, st, stage_dir: str) -> dict:
     ids = np.concatenate([a["input_ids"] for a in arrs])
     kinds = np.concatenate([a["kind_ids"] for a in arrs])
     out = {"input_ids": ids, "kind_ids": kinds, "attention_mask": (kinds != 0).astype(np.int32)}
-    os.makedirs(stage_dir, exist_ok=True)
-    np.savez(path + ".tmp.npz", **out)
-    os.replace(path + ".tmp.npz", path)  # a killed run never leaves a torn cache
+    if dist.is_coordinator():  # every host computed the same arrays; one writes them
+        os.makedirs(stage_dir, exist_ok=True)
+        np.savez(path + ".tmp.npz", **out)
+        os.replace(path + ".tmp.npz", path)  # a killed run never leaves a torn cache
     return out
 
 
@@ -88,31 +104,49 @@ def run_sft_stage(ctx, st, params, stage_dir: str, ck, metrics, stop_flag) -> An
                      optax.adamw(optax.warmup_constant_schedule(0.0, st.ppo.lr, max(1, int(cfg.sft.warmup_steps)))
                                  if int(cfg.sft.warmup_steps) else st.ppo.lr,
                                  weight_decay=float(cfg.sft.weight_decay)))
-    opt_state = tx.init(params)
+    multi = jax.process_count() > 1
+    out_shardings = None
+    if multi:  # global arrays: the optimizer state is built (and kept) sharded like the params
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        o_sh = opt_state_shardings(tx, params, ctx.mesh)
+        opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
+        out_shardings = (jax.tree.map(lambda x: x.sharding, params), o_sh, NamedSharding(ctx.mesh, P()))
+    else:
+        opt_state = tx.init(params)
     start = 0
     got = ck.restore_latest(params, {"opt_state": opt_state})
     if got is not None:
         start, params, rest, _ = got
         opt_state = rest["opt_state"]
-        print(f"[{st.name}] resumed from step {start}", flush=True)
+        dist.log0(f"[{st.name}] resumed from step {start}")
     metrics.truncate_after(start)
-    step_fn = make_sft_step(ctx.model_cfg, tx)
+    step_fn = make_sft_step(ctx.model_cfg, tx, out_shardings)
     bs = min(int(cfg.sft.batch_size), n)
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start, st.steps), desc=st.name, unit="step", initial=start, total=st.steps)
+    from pilotrl_jax.train.trainer import agreed_stop
+
+    bar = tqdm(range(start, st.steps), desc=st.name, unit="step", initial=start, total=st.steps,
+               disable=not dist.is_coordinator())
     for step in bar:
         rng = np.random.default_rng([int(cfg.seed), step])
         idx = rng.choice(n, size=bs, replace=False)
-        batch = {"input_ids": jnp.asarray(data["input_ids"][idx]),
-                 "attention_mask": jnp.asarray(data["attention_mask"][idx]),
-                 "loss_mask": jnp.asarray(loss_mask[idx])}
+        if multi:  # every host holds the whole batch; each places its devices' rows
+            batch = dist.global_from_full({"input_ids": data["input_ids"][idx],
+                                           "attention_mask": data["attention_mask"][idx],
+                                           "loss_mask": loss_mask[idx]}, ctx.mesh)
+        else:
+            batch = {"input_ids": jnp.asarray(data["input_ids"][idx]),
+                     "attention_mask": jnp.asarray(data["attention_mask"][idx]),
+                     "loss_mask": jnp.asarray(loss_mask[idx])}
         params, opt_state, loss = step_fn(params, opt_state, batch)
-        loss = float(loss)
+        loss = float(dist.to_host(loss))
         bar.set_postfix(loss=f"{loss:.3f}")
         metrics.write(step + 1, {"sft/loss": loss, "sft/demos": n})
-        if (step + 1) % int(cfg.checkpoint.every) == 0 or step + 1 == st.steps or stop_flag():
+        stopping = agreed_stop(stop_flag)
+        if (step + 1) % int(cfg.checkpoint.every) == 0 or step + 1 == st.steps or stopping:
             ck.save(step + 1, params, {"opt_state": opt_state}, {"stage": st.name, "data_pos": step + 1})
-        if stop_flag():
+        if stopping:
             break
     return params

@@ -14,6 +14,13 @@ Layout under WORKDIR:
 Rerunning the same command with the same WORKDIR resumes: finished stages are skipped and an
 interrupted stage continues from its latest readable checkpoint (same seeds → same result).
 SIGTERM (e.g. TPU preemption) saves at the end of the current step and exits.
+
+Several hosts (a TPU pod; `pilotrl_jax.train.multihost`): every host runs this same code, rolls out
+only its share of each step's tasks (whole GRPO groups) with a host-local sampler, builds its rows of
+the training batch, and the global batch is assembled over the mesh; rollout metrics are reduced over
+hosts, evaluation is split over hosts and gathered. Only process 0 writes run-level files (metrics,
+eval.json, init.json, config.json, curves) and prints; Orbax checkpoints are written by every host.
+A SIGTERM seen by any host stops all of them at the same step.
 """
 from __future__ import annotations
 
@@ -26,11 +33,13 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from pilotrl_jax import distributed as dist
 from pilotrl_jax.rl import masks as masks_lib
 from pilotrl_jax.rl import metrics as M
 from pilotrl_jax.rl import ppo
 from pilotrl_jax.rollout import CheckpointPlans, EndpointPlans, ExpertPlans, RolloutRunner, SamplerPolicy
 from pilotrl_jax.train import config as C
+from pilotrl_jax.train import multihost
 from pilotrl_jax.train import setup as S
 from pilotrl_jax.train.checkpoints import Checkpointer
 from pilotrl_jax.train.evaluation import evaluate, make_engine, rollout_config
@@ -64,6 +73,16 @@ class StopFlag:
         """Restore the previous handlers."""
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+def agreed_stop(stop_flag) -> bool:
+    """Whether to stop now, the same answer on every host (any host's SIGTERM stops all of them)."""
+    if not multihost.is_multihost():
+        return bool(stop_flag())
+    stop = dist.any_host(stop_flag())
+    if stop and isinstance(stop_flag, StopFlag):
+        stop_flag.set = True
+    return stop
 
 
 class Preempted(SystemExit):
@@ -139,6 +158,7 @@ def make_judge(ctx, st: C.StageSettings, params):
                   timeout_s=float(j.timeout), max_concurrency=int(j.concurrency), max_units=int(j.max_units),
                   max_retries=int(j.max_retries), backoff_s=float(j.backoff))
     judge_params = S.load_params_any(j.checkpoint, False, ctx.model_cfg, ctx.mesh) if j.checkpoint else params
+    judge_params = multihost.sampler_params(ctx, judge_params)  # each host judges its own episodes
     return mk("local", config=ctx.model_cfg, params=judge_params, tokenizer=ctx.tokenizer, max_units=int(j.max_units))
 
 
@@ -184,8 +204,23 @@ def training_batch(arr: dict, trained_spans, rewards: np.ndarray) -> dict:
 
 
 def params_checksum(params) -> float:
-    """Sum of |params| in float64: a cheap fingerprint to check which params a stage started from."""
+    """Sum of |params| in float64: a cheap fingerprint to check which params a stage started from.
+
+    On several hosts every process must call it (leaves are gathered one at a time)."""
+    if multihost.is_multihost():
+        return float(sum(np.abs(np.asarray(dist.to_host(x), np.float64)).sum() for x in jax.tree.leaves(params)))
     return float(sum(np.abs(np.asarray(jax.device_get(x), np.float64)).sum() for x in jax.tree.leaves(params)))
+
+
+def host_rollout_metrics(row: dict, batch, rewards) -> dict:
+    """`row` (this host's rollout metrics) reduced over every host's; the identity on one host."""
+    if not multihost.is_multihost():
+        return row
+    plan_ok = int(np.asarray(rewards.components.get("plan_ok", np.zeros(0))).sum())
+    got = dist.allgather_json({"row": {k: v for k, v in row.items() if isinstance(v, (int, float, str, type(None)))},
+                               "n": len(batch.episodes), "plan_ok": plan_ok})
+    return multihost.reduce_metrics([g["row"] for g in got], [g["n"] for g in got],
+                                    [{"reward/plan_score": g["plan_ok"]} for g in got])
 
 
 def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: str, ck: Checkpointer,
@@ -203,9 +238,12 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
     if got is not None:
         start, p, rest, _ = got
         state = state.replace(params=p, **rest)
-        print(f"[{st.name}] resumed from step {start}", flush=True)
+        dist.log0(f"[{st.name}] resumed from step {start}")
     metrics.truncate_after(start)
-    rows = st.tasks_per_step * st.group_size
+    plan = multihost.plan_rows(ctx.mesh, st.tasks_per_step, st.group_size)
+    if plan.reason:
+        dist.log0(f"[{st.name}] rollout rows are all-gathered over hosts: {plan.reason}")
+    rows = plan.local_rows
     if int(cfg.rollout.max_batch):
         rows = min(rows, int(cfg.rollout.max_batch))
     engine = make_engine(ctx, state.params, rows, seed=int(cfg.seed))
@@ -214,13 +252,18 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
     best = -1.0
     for step in range(start, st.steps):
         t0 = time.perf_counter()
-        engine.params = state.params
+        if multihost.is_multihost():
+            engine.params = None  # drop the old host copy before the new one lands (HBM peak)
+        engine.params = multihost.sampler_params(ctx, state.params)
         tasks = step_tasks(ctx.train_tasks, st.tasks_per_step, step, int(cfg.seed) + stage_index)
         rc = rollout_config(ctx, group_size=st.group_size, mode=st.mode, replan=st.replan,
                             temperature=float(cfg.rollout.temperature), top_p=float(cfg.rollout.top_p),
-                            seed=rollout_seed(cfg.seed, stage_index, step), progress=False)
+                            seed=multihost.host_seed(rollout_seed(cfg.seed, stage_index, step)), progress=False)
         policy = SamplerPolicy(engine, rc.temperature, rc.top_p, rc.top_k)
-        batch = RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc, planner=planner).run(tasks)
+        batch = RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc, planner=planner).run(
+            [tasks[g] for g in plan.groups])  # this host's groups (all of them on one host)
+        for e in batch.episodes:
+            e.group_id = plan.groups[e.group_id]  # the group's index in the step: global GRPO group ids
         t_roll = time.perf_counter() - t0
         judgements = [None] * len(batch.episodes)
         judge_stats = {}
@@ -232,18 +275,27 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
                 judgements[i] = j
             judge_stats = {f"judge/{k}": v for k, v in judge.stats().items() if isinstance(v, (int, float))}
         rewards = compute_rewards([episode_summary(e, j) for e, j in zip(batch.episodes, judgements)], st.reward)
-        arr = batch.to_arrays()
+        if multihost.is_multihost():  # every host pads to the same bucket: one compiled shape
+            arr = batch.to_arrays(pad_to=multihost.agreed_length(max(e.length for e in batch.episodes)))
+        else:
+            arr = batch.to_arrays()
         rollout = training_batch(arr, st.trained_spans, rewards.reward)
+        if multihost.is_multihost():
+            rollout = multihost.global_training_batch(rollout, plan, ctx.mesh)
         t1 = time.perf_counter()
         ppo_batch = fns.prepare(state, rollout, ref_params)
         state, mets = fns.step(state, ppo_batch)
-        ppo_mets = {f"ppo/{k}": v for k, v in M.finalize(jax.device_get(mets)).items()}
+        ppo_mets = {f"ppo/{k}": v for k, v in M.finalize(dist.to_host(mets)).items()}
         t_upd = time.perf_counter() - t1
         row = rollout_metrics(batch, rewards)
         row.update(ppo_mets)
         row.update(judge_stats)
         row.update({"time/rollout_s": t_roll, "time/update_s": t_upd, "time/step_s": time.perf_counter() - t0,
-                    "batch/seq_len": arr["input_ids"].shape[1], "batch/episodes": arr["input_ids"].shape[0]})
+                    "batch/seq_len": arr["input_ids"].shape[1], "batch/episodes": plan.rows})
+        if multihost.is_multihost():  # rollout metrics over every host's episodes (ppo/* are global already)
+            local = {k: v for k, v in row.items() if not k.startswith(("ppo/", "batch/"))}
+            reduced = host_rollout_metrics(local, batch, rewards)
+            row = {k: reduced.get(k, v) for k, v in row.items()}
         do_eval = int(cfg.eval.every) > 0 and (step + 1) % int(cfg.eval.every) == 0 and step + 1 < st.steps
         if do_eval:
             table, _ = evaluate(ctx, state.params, ctx.eval_tasks[: int(cfg.eval.num_tasks)], mode=st.mode,
@@ -253,15 +305,16 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
                 best = table["success_rate"]
                 ck.save_params_copy("best", state.params)
         metrics.write(step + 1, row)
-        print(f"[{st.name}] step {step + 1}/{st.steps} reward {row['reward/mean']:+.3f} "
-              f"success {row['success/train']:.2f} len {row['length/mean']:.0f} "
-              f"({row['time/step_s']:.1f}s)", flush=True)
+        dist.log0(f"[{st.name}] step {step + 1}/{st.steps} reward {row['reward/mean']:+.3f} "
+                  f"success {row['success/train']:.2f} len {row['length/mean']:.0f} "
+                  f"({row['time/step_s']:.1f}s)")
         last = step + 1 == st.steps
-        if (step + 1) % int(cfg.checkpoint.every) == 0 or last or stop_flag():
+        stopping = agreed_stop(stop_flag)
+        if (step + 1) % int(cfg.checkpoint.every) == 0 or last or stopping:
             ck.save(step + 1, state.params, _rest_of(state),
                     {"stage": st.name, "data_pos": (step + 1) * st.tasks_per_step, "seed": int(cfg.seed)},
-                    force=stop_flag())
-        if stop_flag():
+                    force=stopping)
+        if stopping:
             break
     return state.params
 
@@ -302,17 +355,18 @@ def run_pipeline(cfg, workdir: str, evaluate_stages: bool = True) -> dict:
                 prev = final
                 with open(os.path.join(stage_dir, "eval.json")) as f:
                     out[name] = {"final": final, "eval": json.load(f)}
-                print(f"[{name}] already done; using {final}", flush=True)
+                dist.log0(f"[{name}] already done; using {final}")
                 continue
             start_from = out[st.init_from]["final"] if st.init_from in out else prev
             if start_from is None or st.init_from == "base":
                 params, start_from = ctx.load_base_params(), None
             else:
                 params = S.load_params_any(start_from, False, ctx.model_cfg, ctx.mesh)
+            checksum = params_checksum(params)  # every host: a collective on several
             if jax.process_index() == 0:
                 os.makedirs(stage_dir, exist_ok=True)
                 with open(os.path.join(stage_dir, "init.json"), "w") as f:
-                    json.dump({"init_from": start_from or ctx.base_path, "checksum": params_checksum(params)}, f)
+                    json.dump({"init_from": start_from or ctx.base_path, "checksum": checksum}, f)
             ck = Checkpointer(ck_dir, ctx.model_cfg, keep=int(cfg.checkpoint.keep),
                               async_save=bool(cfg.checkpoint.async_save))
             S.save_tokenizer_next_to(ctx, ck_dir)
@@ -323,7 +377,7 @@ def run_pipeline(cfg, workdir: str, evaluate_stages: bool = True) -> dict:
                 else:
                     params = run_rl_stage(ctx, st, i, params, stage_dir, ck, metrics, stop)
                 ck.wait()
-                if stop():
+                if agreed_stop(stop):
                     raise Preempted()
                 ck.save_params_copy("final", params)
             finally:

@@ -9,6 +9,12 @@ the current state (only target objects, the held object and the receptacles that
 plan is executable in the full game and as short, and fast-downward answers in ~0.05 s instead of
 seconds (pick_two in a 30-receptacle kitchen took 4-17 s on the full state).
 
+`expert="search"` gives an expert that knows only what the agent could have seen: it looks for
+the target in the receptacles that can hold it, in the order the room description lists them
+(opening closed ones), takes it where it is seen, then puts it in the goal receptacle (or finds
+and turns on the lamp); its plan names the places to check. Demonstrations from it teach a
+policy that works in rooms it has never seen; the planner expert walks straight to the object.
+
 Speed: the engine re-parses grammar templates with TatSu on every derived command and translates
 the PDDL problem twice on every reset. `install_engine_speedups()` (on by default) memoizes those
 two pure text-to-structure functions (copies are returned, so behaviour is unchanged).
@@ -24,7 +30,7 @@ import sys
 import time
 from typing import Sequence
 
-from pilotrl_jax.envs.base import EnvError, StepResult, Task, info_defaults
+from pilotrl_jax.envs.base import EnvError, ExpertActions, StepResult, Task, info_defaults
 
 _BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 _PUT_ALIAS = re.compile(r"^put (?P<o>.+?) (?:in/on|in|on|into|onto) (?P<r>.+)$")
@@ -36,6 +42,8 @@ _APPLIANCE_TYPE = {
     "pick_cool_then_place_in_recep": "fridgetype",
 }
 _SPEEDUPS = {"installed": False}
+EXPERTS = ("planner", "search")
+_INTRO_RE = re.compile(r"you see (?P<list>.+?)\.\s*(?:\n|$)", re.IGNORECASE)
 
 
 class _LRU(collections.OrderedDict):
@@ -123,7 +131,12 @@ class AlfWorldEnv:
     """
 
     def __init__(self, max_steps: int | None = None, strip_banner: bool = True, put_alias: bool = True,
-                 speedups: bool = True):
+                 speedups: bool = True, expert: str = "planner"):
+        if expert not in EXPERTS:
+            raise ValueError(f"expert={expert!r}; expected one of {EXPERTS}")
+        self.expert = expert
+        self._seen: set = set()
+        self._order: list = []
         if speedups:
             install_engine_speedups()
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
@@ -170,6 +183,8 @@ class AlfWorldEnv:
         self._task = task
         self._steps = 0
         self._won = bool(self._state["won"])
+        self._seen = set()
+        self._order = _intro_order(self._state.feedback)
         obs = self._state.feedback
         if self.strip_banner:
             obs = obs.replace(_BANNER, "").strip()
@@ -188,6 +203,8 @@ class AlfWorldEnv:
         self.timings["step_s"] += time.perf_counter() - t0
         self.timings["n_step"] += 1
         self._steps += 1
+        if self.expert == "search":
+            self._note_seen()
         was_won = self._won
         self._won = self._won or bool(self._state["won"])
         reward = 1.0 if (self._won and not was_won) else 0.0
@@ -202,6 +219,15 @@ class AlfWorldEnv:
             raise RuntimeError("AlfWorldEnv.expert_actions called before reset(task)")
         if self._won:
             return []
+        if self.expert == "search":
+            try:
+                return self._search_actions()
+            except Exception as e:
+                raise EnvError(f"ALFWorld search expert failed in {self._loaded}: {type(e).__name__}: {e}") from e
+        return self._planner_actions()
+
+    def _planner_actions(self) -> list | None:
+        """The planner's commands from the current state (privileged: it knows where everything is)."""
         inner = self._env.unwrapped
         try:
             problem = self._pruned_problem(inner)
@@ -217,6 +243,120 @@ class AlfWorldEnv:
         except Exception as e:
             raise EnvError(f"ALFWorld planner failed in {self._loaded}: {type(e).__name__}: {e}") from e
         return list(plan) if plan else None
+
+    # -- search expert -----------------------------------------------------------------------
+    def _facts(self) -> list:
+        """Current PDDL facts as (name, [argument names]) (lower-case ids)."""
+        st = self._env.unwrapped._pddl_state
+        return [(f.name, [a.name for a in f.arguments]) for f in st.facts if not f.name.startswith("new-axiom")]
+
+    def _note_seen(self) -> None:
+        """Remember the receptacle the agent now sees into (it stands there and it is open or has no door)."""
+        facts = self._facts()
+        here = {a[1] for n, a in facts if n == "atlocation" and a[0].startswith("agent")}
+        opened = {a[0] for n, a in facts if n == "opened"}
+        openable = {a[0] for n, a in facts if n == "openable"}
+        for n, a in facts:
+            if n == "receptacleatlocation" and a[1] in here and (a[0] not in openable or a[0] in opened):
+                self._seen.add(a[0])
+
+    def _search_actions(self) -> ExpertActions:
+        """Commands the search expert knows it will run next, with its plan steps (see the module doc)."""
+        facts = self._facts()
+        names = {k.lower(): v.name for k, v in self._env.unwrapped._entity_infos.items()}
+        params = self._task.payload.get("pddl_params") or {}
+        target = f"{params.get('object_target', '')}type".lower()
+        parent_t = f"{params.get('parent_target', '')}type".lower()
+        toggle_t = f"{params.get('toggle_target', '')}type".lower()
+        otype = {a[0]: a[1] for n, a in facts if n == "objecttype"}
+        rtype = {a[0]: a[1] for n, a in facts if n == "receptacletype"}
+        where = {a[0]: a[1] for n, a in facts if n == "inreceptacle"}
+        rloc = {a[0]: a[1] for n, a in facts if n == "receptacleatlocation"}
+        opened = {a[0] for n, a in facts if n == "opened"}
+        openable = {a[0] for n, a in facts if n == "openable"}
+        fits = {(a[0], a[1]) for n, a in facts if n == "cancontain"}
+        here = {a[1] for n, a in facts if n == "atlocation" and a[0].startswith("agent")}
+        held = [a[1] for n, a in facts if n == "holds"]
+        rank = {r: i for i, r in enumerate(self._order)}
+        order = sorted(rtype, key=lambda r: (rank.get(names.get(r, r), len(rank)), names.get(r, r)))
+        pos = next((r for r in order if rloc.get(r) in here), None)
+        acts: list = []
+        state = {"pos": pos, "opened": set(opened)}
+
+        def go(r):
+            if state["pos"] != r:
+                acts.append(f"go to {names[r]}")
+                state["pos"] = r
+            if r in openable and r not in state["opened"]:
+                acts.append(f"open {names[r]}")
+                state["opened"].add(r)
+
+        def candidates(otyp, exclude=()):
+            if otyp == toggle_t:  # lamps are not in the affordance tables: they stand on open surfaces
+                return [r for r in order if r not in openable]
+            return [r for r in order if (rtype[r], otyp) in fits and rtype[r] not in exclude]
+
+        def seen_instance(otyp):
+            for o, r in sorted(where.items(), key=lambda kv: (rank.get(names.get(kv[1], ""), 99), kv[0])):
+                if otype.get(o) == otyp and r in self._seen:
+                    return o, r
+            return None
+
+        def find(otyp, exclude=()):
+            """Commands up to where an instance of otyp is (if seen) or the next place to look."""
+            got = seen_instance(otyp)
+            if got is not None:
+                go(got[1])
+                return got
+            todo = [r for r in candidates(otyp, exclude) if r not in self._seen]
+            if todo:
+                go(todo[0])
+            return None
+
+        obj_word = params.get("object_target", "").lower()
+        target_cands = candidates(target, exclude=(parent_t,))
+        steps = [f"Find the {obj_word}: check {_join([names[r] for r in target_cands])} one by one.",
+                 f"Take the {obj_word}."]
+        if self._task.task_type == "look_at_obj_in_light":
+            lamp_word = params.get("toggle_target", "").lower()
+            lamp_cands = candidates(toggle_t)
+            steps += [f"Find the {lamp_word}: check {_join([names[r] for r in lamp_cands])} one by one.",
+                      f"Turn on the {lamp_word} and look at the {obj_word} under it."]
+        else:
+            parents = [r for r in order if rtype[r] == parent_t]
+            if parents:
+                steps.append(f"Put the {obj_word} in/on {names[parents[0]]}.")
+
+        holding = next((o for o in held if otype.get(o) == target), None)
+        if held and holding is None:  # put an unrelated object down where the agent stands
+            p = state["pos"]
+            if p is None or (p in openable and p not in opened) or (rtype[p], otype.get(held[0])) not in fits:
+                return self._planner_fallback(steps)
+            acts.append(f"move {names[held[0]]} to {names[p]}")
+        if holding is None:
+            got = find(target, exclude=(parent_t,))
+            if got is None:
+                return ExpertActions(acts, steps)
+            holding = got[0]
+            acts.append(f"take {names[holding]} from {names[got[1]]}")
+        if self._task.task_type == "look_at_obj_in_light":
+            lamp = find(toggle_t)
+            if lamp is not None:
+                acts.append(f"use {names[lamp[0]]}")
+            return ExpertActions(acts, steps)
+        if self._task.task_type == "pick_and_place_simple":
+            parents = [r for r in order if rtype[r] == parent_t]
+            go(parents[0])
+            acts.append(f"move {names[holding]} to {names[parents[0]]}")
+            return ExpertActions(acts, steps)
+        if acts:  # other types: walk to the object first, then the planner knows the rest
+            return ExpertActions(acts, steps)
+        return self._planner_fallback(steps)
+
+    def _planner_fallback(self, steps) -> ExpertActions | None:
+        """The planner's commands, with the search expert's plan steps."""
+        plan = self._planner_actions()
+        return None if plan is None else ExpertActions(plan, steps)
 
     def _pruned_problem(self, inner) -> str:
         """The current state as a PDDL problem keeping only what the goal can need.
@@ -316,6 +456,28 @@ class AlfWorldEnv:
             "gamefile": self._loaded,
             "steps": self._steps,
         }, won=won, score=1.0 if won else 0.0)
+
+
+def _intro_order(intro: str) -> list:
+    """Receptacle names in the order the first observation lists them ("you see a bed 1, a desk 1, and ...")."""
+    m = _INTRO_RE.search(intro or "")
+    if not m:
+        return []
+    out = []
+    for part in re.split(r",\s*|\s+and\s+", m.group("list")):
+        part = part.strip()
+        part = re.sub(r"^(?:and\s+)?(?:a|an|the)\s+", "", part)
+        if part:
+            out.append(part)
+    return out
+
+
+def _join(items: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items) or "every place"
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 # -- expert plan -> natural-language plan steps ------------------------------------------------

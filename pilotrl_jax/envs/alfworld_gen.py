@@ -130,6 +130,39 @@ ROOMS = {
     ),
 }
 
+# "small" rooms (generate_tasks(room_size="small")): the same four templates with fewer receptacle
+# classes and at most one or two of each (3-8 receptacles instead of 6-40), one target instance and
+# fewer distractors. A curriculum for tiny models on CPU; the engine, affordances and goals are the same.
+SMALL_ROOMS = {
+    "kitchen": RoomSpec(
+        "kitchen",
+        {"Cabinet": (1, 2), "CounterTop": (1, 1), "Fridge": (1, 1), "Drawer": (0, 1), "DiningTable": (0, 1),
+         "Microwave": (0, 1), "SinkBasin": (0, 1), "GarbageCan": (0, 1)},
+        ROOMS["kitchen"].objects,
+    ),
+    "livingroom": RoomSpec(
+        "livingroom",
+        {"Sofa": (1, 1), "CoffeeTable": (1, 1), "SideTable": (1, 1), "Drawer": (0, 1), "Shelf": (0, 2),
+         "ArmChair": (0, 1), "Cabinet": (0, 1), "GarbageCan": (0, 1)},
+        ROOMS["livingroom"].objects, lamp_holders=("SideTable",),
+    ),
+    "bedroom": RoomSpec(
+        "bedroom",
+        {"Bed": (1, 1), "SideTable": (1, 1), "Drawer": (1, 2), "Desk": (0, 1), "Dresser": (0, 1),
+         "Shelf": (0, 1), "GarbageCan": (0, 1)},
+        ROOMS["bedroom"].objects, lamp_holders=("Desk", "SideTable", "Dresser"),
+    ),
+    "bathroom": RoomSpec(
+        "bathroom",
+        {"Toilet": (1, 1), "SinkBasin": (1, 1), "Cabinet": (1, 2), "CounterTop": (0, 1), "Drawer": (0, 1),
+         "GarbageCan": (0, 1), "TowelHolder": (0, 1)},
+        ROOMS["bathroom"].objects,
+    ),
+}
+ROOM_SIZES = {"full": ROOMS, "small": SMALL_ROOMS}
+# per room size: (min, max) target instances (pick_two: at least 2), (min, max) distractor classes
+_PLACEMENT = {"full": ((1, 3), (3, 10)), "small": ((1, 1), (2, 5))}
+
 OPENABLE = frozenset({"Fridge", "Cabinet", "Microwave", "Drawer", "Safe", "Box"})
 MOVABLE_RECEPTACLES = frozenset({"Bowl", "Box", "Cup", "Mug", "Plate", "Pan", "Pot"})
 # Receptacle types and object types the alfred domain names in its actions (must be declared).
@@ -227,9 +260,9 @@ def _recep_id(cls: str, idx: int) -> str:
     return f"{cls}_bar_{idx:02d}"
 
 
-def _goal_for(rng, layout, task_type, used, can_contain, actions):
+def _goal_for(rng, layout, task_type, used, can_contain, actions, rooms=ROOMS):
     """Sample an unused goal (task_type, obj, parent, toggle) valid in this layout, or None."""
-    room = ROOMS[layout.room]
+    room = rooms[layout.room]
     present = layout.classes()
     placeable = [o for o in room.objects if any(o in can_contain.get(r, ()) for r in present)]
     prop = {"pick_clean_then_place_in_recep": "Cleanable", "pick_heat_then_place_in_recep": "Heatable",
@@ -256,18 +289,19 @@ def _goal_for(rng, layout, task_type, used, can_contain, actions):
     return rng.choice(options) if options else None
 
 
-def _place(rng, layout, goal, can_contain) -> _Placement:
+def _place(rng, layout, goal, can_contain, room_size="full") -> _Placement:
     """Place target instances and distractors in receptacles that can hold them."""
     task_type, obj, parent, _ = goal
-    room = ROOMS[layout.room]
+    room = ROOM_SIZES[room_size][layout.room]
+    (t_lo, t_hi), (d_lo, d_hi) = _PLACEMENT[room_size]
     recs = layout.receptacles()
     avoid = {parent, _APPLIANCE.get(task_type)}
     target_spots = [r for r in recs if r[0] not in avoid and obj in can_contain.get(r[0], ())]
-    lo = 2 if task_type == "pick_two_obj_and_place" else 1
-    n_target = rng.randint(lo, 3)
+    two = task_type == "pick_two_obj_and_place"
+    n_target = rng.randint(max(t_lo, 2) if two else t_lo, max(t_hi, 2) if two else t_hi)
     objects = [(obj, rng.choice(target_spots)) for _ in range(n_target)]
     others = [o for o in room.objects if o != obj and any(o in can_contain.get(r[0], ()) for r in recs)]
-    for dist in rng.sample(others, min(len(others), rng.randint(3, 10))):
+    for dist in rng.sample(others, min(len(others), rng.randint(d_lo, d_hi))):
         spots = [r for r in recs if dist in can_contain.get(r[0], ())]
         for _ in range(rng.randint(1, 2)):
             objects.append((dist, rng.choice(spots)))
@@ -375,9 +409,9 @@ def _check_types(task_types) -> tuple:
     return tuple(t for t in TASK_TYPES if t in task_types)  # canonical order
 
 
-def _split_layouts(rng, n_tasks, task_types, exclude: set) -> list[Layout]:
+def _split_layouts(rng, n_tasks, task_types, exclude: set, table=ROOMS) -> list[Layout]:
     """Sample the layouts of one split (disjoint from `exclude` signatures), covering each type."""
-    rooms = [r for r in ROOMS.values() if any(_room_supports(r, t) for t in task_types)]
+    rooms = [r for r in table.values() if any(_room_supports(r, t) for t in task_types)]
     n_layouts = max(len(task_types), math.ceil(n_tasks / TASKS_PER_LAYOUT))
     # weight of a room: how much of the type mix it can host
     weights = {r.name: sum(1.0 / sum(_room_supports(q, t) for q in rooms) for t in task_types
@@ -385,14 +419,14 @@ def _split_layouts(rng, n_tasks, task_types, exclude: set) -> list[Layout]:
     names = sorted(weights)
     plan = list(names) if n_layouts >= len(names) else []  # every usable room once
     for t in task_types:  # then make sure each type has a room that hosts it
-        if not any(_room_supports(ROOMS[r], t) for r in plan):
+        if not any(_room_supports(table[r], t) for r in plan):
             plan.append(rng.choice([r.name for r in rooms if _room_supports(r, t)]))
     while len(plan) < n_layouts:
         plan.append(rng.choices(names, weights=[weights[n] for n in names])[0])
     layouts, seen = [], set(exclude)
     for room in plan:
         for _ in range(1000):
-            lay = _sample_layout(rng, ROOMS[room])
+            lay = _sample_layout(rng, table[room])
             if lay.signature not in seen:
                 break
         else:
@@ -402,10 +436,13 @@ def _split_layouts(rng, n_tasks, task_types, exclude: set) -> list[Layout]:
     return layouts
 
 
-def _manifest_config(n_train, n_heldout, seed, task_types) -> dict:
+def _manifest_config(n_train, n_heldout, seed, task_types, room_size="full") -> dict:
     """What identifies one generated data set on disk."""
-    return {"version": GENERATOR_VERSION, "seed": int(seed), "n_train": int(n_train),
-            "n_heldout": int(n_heldout), "task_types": list(task_types)}
+    config = {"version": GENERATOR_VERSION, "seed": int(seed), "n_train": int(n_train),
+              "n_heldout": int(n_heldout), "task_types": list(task_types)}
+    if room_size != "full":  # full-size data sets keep the manifests they had before room sizes existed
+        config["room_size"] = room_size
+    return config
 
 
 def _tasks_from_manifest(out_dir, manifest) -> dict[str, list[Task]] | None:
@@ -433,8 +470,14 @@ def _make_task(out_dir, split, rec) -> Task:
 
 
 def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
-                   task_types: Sequence[str] | None = None) -> dict[str, list[Task]]:
-    """Write (or reuse) ALFWorld game directories under out_dir; returns {'train': [...], 'heldout': [...]}."""
+                   task_types: Sequence[str] | None = None, room_size: str = "full") -> dict[str, list[Task]]:
+    """Write (or reuse) ALFWorld game directories under out_dir; returns {'train': [...], 'heldout': [...]}.
+
+    room_size: "full" (ALFWorld-like rooms, 6-40 receptacles) or "small" (3-8 receptacles, one
+    target instance, fewer distractors: a curriculum for tiny models; see SMALL_ROOMS).
+    """
+    if room_size not in ROOM_SIZES:
+        raise ValueError(f"room_size={room_size!r}; expected one of {sorted(ROOM_SIZES)}")
     for name, n in (("n_train", n_train), ("n_heldout", n_heldout)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"{name}={n!r}; expected an integer >= 0")
@@ -443,7 +486,7 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     types = _check_types(task_types)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    config = _manifest_config(n_train, n_heldout, seed, types)
+    config = _manifest_config(n_train, n_heldout, seed, types, room_size)
     man_path = os.path.join(out_dir, MANIFEST)
     old = None
     if os.path.exists(man_path):
@@ -464,17 +507,19 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     taken: set = set()
     for split, n in (("train", n_train), ("heldout", n_heldout)):
         records[split] = _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions,
-                                         domain, grammar)
+                                         domain, grammar, room_size)
     manifest = {"config": config, "tasks": records}
     _write_atomic(man_path, json.dumps(manifest, indent=1))
     return {split: [_make_task(out_dir, split, rec) for rec in records[split]] for split in SPLITS}
 
 
-def _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions, domain, grammar):
+def _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions, domain, grammar,
+                    room_size="full"):
     """Generate one split's layouts and tasks, write their directories, return manifest records."""
+    table = ROOM_SIZES[room_size]
     lay_rng = random.Random(f"alfworld-gen:{seed}:{split}:layouts")
     rng = random.Random(f"alfworld-gen:{seed}:{split}:tasks")
-    layouts = _split_layouts(lay_rng, n, types, exclude=taken) if n else []
+    layouts = _split_layouts(lay_rng, n, types, exclude=taken, table=table) if n else []
     taken.update(lay.signature for lay in layouts)
     used = {lay.layout_id: set() for lay in layouts}
     load = {lay.layout_id: 0 for lay in layouts}
@@ -482,11 +527,11 @@ def _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions,
     rng.shuffle(order)
     records = []
     for i, task_type in enumerate(order):
-        cands = [lay for lay in layouts if _room_supports(ROOMS[lay.room], task_type)]
+        cands = [lay for lay in layouts if _room_supports(table[lay.room], task_type)]
         rng.shuffle(cands)
         cands.sort(key=lambda lay: load[lay.layout_id])
         for lay in cands:
-            goal = _goal_for(rng, lay, task_type, used[lay.layout_id], can_contain, actions)
+            goal = _goal_for(rng, lay, task_type, used[lay.layout_id], can_contain, actions, table)
             if goal is not None:
                 break
         else:
@@ -494,14 +539,16 @@ def _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions,
                                f"ask for fewer tasks or more layouts (TASKS_PER_LAYOUT={TASKS_PER_LAYOUT})")
         used[lay.layout_id].add(goal)
         load[lay.layout_id] += 1
-        records.append(_write_game(out_dir, split, i, lay, goal, rng, can_contain, actions, domain, grammar))
+        records.append(_write_game(out_dir, split, i, lay, goal, rng, can_contain, actions, domain, grammar,
+                                   room_size))
     return records
 
 
-def _write_game(out_dir, split, i, layout, goal, rng, can_contain, actions, domain, grammar) -> dict:
+def _write_game(out_dir, split, i, layout, goal, rng, can_contain, actions, domain, grammar,
+                room_size="full") -> dict:
     """Place objects, write initial_state.pddl, traj_data.json and game.tw-pddl; return the record."""
     task_type, obj, parent, toggle = goal
-    placement = _place(rng, layout, goal, can_contain)
+    placement = _place(rng, layout, goal, can_contain, room_size)
     task_id = f"alfworld-{split}-{i:04d}"
     rel_dir = os.path.join(split, f"{i:04d}-{task_type}-{layout.layout_id}")
     game_dir = os.path.join(out_dir, rel_dir)
@@ -546,8 +593,9 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--n-heldout", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task-types", nargs="*", default=None, help=f"subset of {list(TASK_TYPES)}")
+    p.add_argument("--room-size", default="full", choices=sorted(ROOM_SIZES), help="full or small rooms")
     args = p.parse_args(list(argv) if argv is not None else None)
-    tasks = generate_tasks(args.out, args.n_train, args.n_heldout, args.seed, args.task_types)
+    tasks = generate_tasks(args.out, args.n_train, args.n_heldout, args.seed, args.task_types, args.room_size)
     for split, ts in tasks.items():
         by_type: dict = {}
         for t in ts:

@@ -49,6 +49,21 @@ class TextEnv(Protocol):
         """Release processes and files."""
 
 
+class ExpertActions(list):
+    """An expert's remaining commands (a list) that may carry its own natural-language plan steps.
+
+    Experts that know more than their command list shows (a search expert knows where it will
+    look next, not what it will find) set `plan_steps`; plan writers use them when present.
+    """
+
+    def __init__(self, actions=(), plan_steps=None):
+        super().__init__(actions)
+        self.plan_steps = None if plan_steps is None else [str(s) for s in plan_steps]
+
+    def __reduce__(self):  # pickles across ProcessEnv workers with its plan steps
+        return (ExpertActions, (list(self), self.plan_steps))
+
+
 class EnvError(RuntimeError):
     """An environment crashed or hung; the rollout loop ends that episode with status env_error."""
 

@@ -74,7 +74,7 @@ def make_env(name: str, /, *, isolate: bool = False, process_kwargs: dict | None
 
 def _alfworld_tasks(split: str, n: int | None, seed: int, out_dir: str | None = None,
                     n_train: int | None = None, n_heldout: int | None = None,
-                    task_types=None) -> list[Task]:
+                    task_types=None, room_size: str = "full") -> list[Task]:
     if not out_dir:
         raise ValueError("load_tasks('alfworld') needs out_dir=<directory for generated games> "
                          "(reused when the same n_train/n_heldout/seed are asked again)")
@@ -86,6 +86,8 @@ def _alfworld_tasks(split: str, n: int | None, seed: int, out_dir: str | None = 
     n_train = n if n_train is None else n_train
     n_heldout = n if n_heldout is None else n_heldout
     kw = {} if task_types is None else {"task_types": task_types}
+    if room_size != "full":
+        kw["room_size"] = room_size
     tasks = generate(out_dir, n_train, n_heldout, seed, **kw)[split]
     return tasks if n is None else tasks[:n]
 
@@ -96,7 +98,7 @@ def load_tasks(name: str, /, split: str = "train", n: int | None = None, seed: i
     "dev"/"test"). n=None: all of them (tiny: 64). Family options go in kwargs, e.g.
     scienceworld: task_names, simplifications; twx: games, params ("small");
     agentgym: indices={"train": (0, 500), "heldout": (500, 600)}, server;
-    alfworld: out_dir, n_train, n_heldout, task_types."""
+    alfworld: out_dir, n_train, n_heldout, task_types, room_size."""
     mod, _, loader = _FAMILIES[_check_name(name)]
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
         raise ValueError(f"n={n!r}; expected a non-negative int or None (all)")

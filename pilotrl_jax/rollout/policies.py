@@ -144,7 +144,10 @@ class ForcedPolicy:
 
 # ----------------------------------------------------------------------------- forced turn writers
 def expert_plan_from_actions(env_family: str, actions: Optional[Sequence[str]]) -> Optional[list]:
-    """Plan steps from expert actions: ALFWorld's `expert_plan_steps`, else the actions themselves."""
+    """Plan steps from expert actions: the expert's own steps, ALFWorld's `expert_plan_steps`, or the actions."""
+    own = getattr(actions, "plan_steps", None)
+    if own:
+        return list(own)
     if not actions:
         return None
     if env_family == "alfworld":
@@ -158,7 +161,7 @@ def expert_plan_from_actions(env_family: str, actions: Optional[Sequence[str]]) 
 def expert_turn(ctx) -> str:
     """The expert's turn as text: a plan of the expert's remaining actions, or thought + next action."""
     ep = ctx.episode
-    expert = list(ctx.expert or [])
+    expert = ctx.expert if ctx.expert is not None else []  # may be ExpertActions with its own plan steps
     if ctx.request.kind == SpanKind.PLAN:
         steps = expert_plan_from_actions(ep.env, expert) or ["Look around for what the task needs."]
         return prompts.plan_text(steps)

@@ -36,7 +36,7 @@ from pilotrl_jax.agent import prompts
 from pilotrl_jax.agent.adaplan import AgentEpisode
 from pilotrl_jax.agent.spans import SpanKind
 from pilotrl_jax.agent.tokenizer import as_chat_tokenizer
-from pilotrl_jax.envs.base import Task
+from pilotrl_jax.envs.base import ExpertActions, Task
 from pilotrl_jax.rollout.batch import EpisodeResult, RolloutBatch
 from pilotrl_jax.rollout.plans import FALLBACK_PLAN, PlanRequest
 from pilotrl_jax.rollout.policies import SamplerPolicy
@@ -56,6 +56,7 @@ class RolloutConfig:
     token_budget: Optional[int] = None  # tokens per episode (prompt included); default: the sampler's max_len
     max_format_errors: Optional[int] = None  # end with status format_errors after this many; None: no limit
     show_admissible: bool = False  # list admissible actions in observations
+    prompt_style: str = "full"  # full | compact (agent.prompts.PROMPT_STYLES)
     temperature: float = 1.0  # used when the runner wraps a bare SamplerEngine
     top_p: float = 1.0
     top_k: int = 0
@@ -196,7 +197,9 @@ def _expert(env):
         got = env.expert_actions()
     except Exception:  # noqa: BLE001 - an expert failure is not an env failure; a dead env fails the next step
         return None
-    return None if got is None else list(got)
+    if got is None:
+        return None
+    return got if isinstance(got, ExpertActions) else list(got)
 
 
 def _slim_info(info: dict) -> dict:
@@ -354,7 +357,8 @@ class RolloutRunner:
             if kind == "reset":
                 l.episode = AgentEpisode(
                     l.task, cfg.mode, cfg.replan, plan_source=l.take_plan if self.planner is not None else None,
-                    tokenizer=self.chat, show_admissible=cfg.show_admissible, max_turns=cfg.max_turns)
+                    tokenizer=self.chat, show_admissible=cfg.show_admissible, max_turns=cfg.max_turns,
+                    prompt_style=cfg.prompt_style)
                 l.info = dict(b or {})
                 l.episode.start(a, b)
             else:

@@ -71,12 +71,14 @@ def base_config() -> ml_collections.ConfigDict:
         train_split="train",
         eval_split="heldout",
         task_types="",  # comma-separated subset (alfworld), "" = all
+        room_size="full",  # alfworld generator: "full" or "small" rooms (alfworld_gen.SMALL_ROOMS)
         isolate=False,  # each env in its own process (needed for parallel JVM envs)
         kwargs=ml_collections.ConfigDict(),  # family-specific make_env kwargs
     ))
     c.agent = ml_collections.ConfigDict(dict(
         mode="adaplan", replan="every_step", max_turns=30, max_plan_tokens=256, max_action_tokens=128,
         token_budget=16384, show_admissible=False, max_format_errors=0,  # 0 = no limit
+        prompt_style="full",  # full | compact (short instructions for tiny models trained from scratch)
     ))
     c.rollout = ml_collections.ConfigDict(dict(
         tasks_per_step=256, group_size=16, temperature=1.0, top_p=1.0, top_k=0,

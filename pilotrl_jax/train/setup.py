@@ -74,6 +74,8 @@ def env_task_kwargs(cfg, workdir: str) -> dict:
                   n_heldout=int(e.num_eval_tasks))
         if e.task_types:
             kw["task_types"] = list(_split(e.task_types))
+        if e.get("room_size", "full") != "full":
+            kw["room_size"] = str(e.room_size)
         return kw
     return {}
 
@@ -112,7 +114,7 @@ def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str) -> lis
             obs, _ = env.reset(task)
             texts.append(obs)
             for _ in range(60):
-                acts = list(env.expert_actions() or [])
+                acts = env.expert_actions() or []  # keep ExpertActions (its own plan steps)
                 if not acts:
                     break
                 plan = expert_plan_from_actions(env_name, acts) or []

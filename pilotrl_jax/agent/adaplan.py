@@ -77,6 +77,7 @@ class AgentEpisode:
         noop_action: Optional[str] = None,
         show_admissible: bool = False,
         max_turns: Optional[int] = None,
+        prompt_style: str = "full",
     ):
         self.mode, self.replan = prompts.check_mode(mode, replan)
         if task is not None and not isinstance(task, Task):
@@ -99,6 +100,7 @@ class AgentEpisode:
         self.noop_action = noop_action if noop_action is not None else prompts.NOOP_ACTIONS[self.env]
         self.show_admissible = show_admissible
         self.max_turns = max_turns
+        self.prompt_style = prompts.check_style(prompt_style)
 
         self.spans: list[Span] = []
         self.phase = Phase.NOT_STARTED
@@ -131,8 +133,9 @@ class AgentEpisode:
             raise TypeError(f"observation must be the env's first text (str), got {type(observation).__name__}")
         self.observations.append(observation)
         self._info = dict(info or {})
-        system = prompts.system_prompt(self.env, self.mode, self.replan, self.external_plan)
-        user = prompts.task_message(self.env, observation, self.mode, self.replan, self.external_plan)
+        system = prompts.system_prompt(self.env, self.mode, self.replan, self.external_plan, style=self.prompt_style)
+        user = prompts.task_message(self.env, observation, self.mode, self.replan, self.external_plan,
+                                    style=self.prompt_style)
         text = self.chat.prompt_text(system, user)
         self.spans.append(Span(SpanKind.PROMPT, self.chat.encode(text), None, text))
         self._open_turn()
@@ -326,6 +329,7 @@ class AgentEpisode:
             format_error=error,
             sent_action=self._last_sent if noop_sent else None,
             admissible_actions=admissible,
+            style=self.prompt_style,
         )
         self._turn_errors = []
         last_policy = next((s.token_ids for s in reversed(self.spans) if s.kind in (SpanKind.ACTION, SpanKind.PLAN)), [])

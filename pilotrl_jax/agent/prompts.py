@@ -20,6 +20,10 @@ from pilotrl_jax.agent.parser import format_plan
 ENV_FAMILIES = ("alfworld", "scienceworld", "twx", "tiny", "agentgym")
 AGENT_MODES = ("adaplan", "react")
 REPLAN_MODES = ("every_step", "on_demand", "static")
+# "full": the paper-style instructions (for instruction-tuned models); "compact": a few lines of
+# format and no per-turn reminders, for tiny models trained from scratch (shorter episodes, the
+# task text close to where the model acts). The tags and the parser are the same.
+PROMPT_STYLES = ("full", "compact")
 
 # What the environment is sent when a turn breaks the format: a harmless command, so the engine
 # answers as it would to any move (an unknown word gets the engine's own "invalid" reply).
@@ -122,10 +126,36 @@ def check_env(env: str) -> str:
     return env
 
 
-def system_prompt(env: str, mode: str = "adaplan", replan: Optional[str] = "every_step", external_plan: bool = False) -> str:
+def check_style(style: str) -> str:
+    """Validate a prompt style name."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style {style!r} is unknown; expected one of {PROMPT_STYLES}")
+    return style
+
+
+def _compact_system(env: str, mode: str, external_plan: bool) -> str:
+    """The compact system message: the env's command line and the output format in two lines."""
+    lines = _ENV_TEXT[env].split("\n")
+    commands = next((ln for ln in lines if ln.startswith(("Commands", "The task"))), lines[0])
+    act = "<thought>...</thought><action>one command</action>"
+    if mode == "react":
+        fmt = f"Each turn: {act}"
+    elif external_plan:
+        fmt = f"Follow the given <global_plan>. Each turn: {act}"
+    else:
+        fmt = f"First <global_plan>Step 1: ...</global_plan>, then each turn: {act}"
+    return f"{commands}\n{fmt}"
+
+
+def system_prompt(env: str, mode: str = "adaplan", replan: Optional[str] = "every_step", external_plan: bool = False,
+                  style: str = "full") -> str:
     """The system message: environment description, the agent's role and the output formats."""
     check_env(env)
     mode, replan = check_mode(mode, replan)
+    if check_style(style) == "compact":
+        if mode == "react" and external_plan:
+            raise ValueError("external_plan=True needs mode 'adaplan'; react has no plan")
+        return _compact_system(env, mode, external_plan)
     if mode == "react":
         if external_plan:
             raise ValueError("external_plan=True needs mode 'adaplan'; react has no plan")
@@ -157,12 +187,15 @@ def task_message(
     mode: str = "adaplan",
     replan: Optional[str] = "every_step",
     external_plan: bool = False,
+    style: str = "full",
 ) -> str:
     """The first user message: the task / first observation and what to write first."""
     check_env(env)
     mode, replan = check_mode(mode, replan)
     if not isinstance(task_text, str):
         raise TypeError(f"task_text must be the environment's first observation as str, got {type(task_text).__name__}")
+    if check_style(style) == "compact":
+        return task_text.strip()
     return f"{task_text.strip()}\n\n{_next_hint(mode, replan, True, external_plan)}"
 
 
@@ -175,6 +208,7 @@ def observation_message(
     format_error: Optional[str] = None,
     sent_action: Optional[str] = None,
     admissible_actions: Optional[Sequence[str]] = None,
+    style: str = "full",
 ) -> str:
     """How an environment observation is written back as a user message.
 
@@ -191,7 +225,8 @@ def observation_message(
     parts.append(f"Observation: {observation.strip()}")
     if admissible_actions:
         parts.append("Available actions: " + ", ".join(str(a) for a in admissible_actions))
-    parts.append(_next_hint(mode, replan, False, external_plan))
+    if check_style(style) == "full":
+        parts.append(_next_hint(mode, replan, False, external_plan))
     return "\n".join(parts)
 
 

@@ -71,8 +71,9 @@ def run_episode(ep, env, policy, rng=None):
 
 def reference_ids(ep):
     """The chat template applied to the episode's conversation (messages rebuilt from span texts)."""
-    system = prompts.system_prompt(ep.env, ep.mode, ep.replan, ep.external_plan)
-    user = prompts.task_message(ep.env, ep.observations[0], ep.mode, ep.replan, ep.external_plan)
+    system = prompts.system_prompt(ep.env, ep.mode, ep.replan, ep.external_plan, style=ep.prompt_style)
+    user = prompts.task_message(ep.env, ep.observations[0], ep.mode, ep.replan, ep.external_plan,
+                                style=ep.prompt_style)
     msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     turn = ""
     for s in ep.spans[1:]:
@@ -416,3 +417,20 @@ def test_random_policy_invariants(tiny_tok, mode, replan):
         assert all(t.env_action == "look" for t in ep.turns if t.kind == SpanKind.ACTION and not t.parse.ok)
         assert ep.done and ep.status in ("success", "max_turns")
         assert ep.num_turns == len(ep.actions) == len(env.sent)
+
+
+def test_compact_prompt_episode_is_shorter_and_parses_the_same(tiny_tok):
+    full_env, compact_env = FakeEnv(), FakeEnv()
+    full = AgentEpisode(TASK, "adaplan", "static", None, tiny_tok)
+    compact = AgentEpisode(TASK, "adaplan", "static", None, tiny_tok, prompt_style="compact")
+    run_episode(full, full_env, every_step_policy)
+    fed, produced = run_episode(compact, compact_env, every_step_policy)
+    assert compact.status == full.status == "success" and compact_env.sent == full_env.sent
+    assert [s.kind for s in compact.spans] == [s.kind for s in full.spans]
+    n = lambda ep, kind: sum(len(s.token_ids) for s in ep.spans if s.kind == kind)  # noqa: E731
+    assert n(compact, SpanKind.PROMPT) < n(full, SpanKind.PROMPT) / 2
+    assert n(compact, SpanKind.OBSERVATION) < n(full, SpanKind.OBSERVATION)
+    assert n(compact, SpanKind.ACTION) == n(full, SpanKind.ACTION)
+    check_token_in_token_out(compact, fed, produced)
+    with pytest.raises(ValueError, match="prompt style"):
+        AgentEpisode(TASK, "adaplan", "static", None, tiny_tok, prompt_style="terse")

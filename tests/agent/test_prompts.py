@@ -54,3 +54,19 @@ def test_bad_names_raise_clear_errors():
         prompts.system_prompt("tiny", "react", None, external_plan=True)
     with pytest.raises(TypeError, match="observation must be str"):
         prompts.observation_message(None)
+
+
+def test_compact_style_keeps_commands_and_formats():
+    for mode, replan in (("adaplan", "static"), ("adaplan", "every_step"), ("react", None)):
+        full = prompts.system_prompt("alfworld", mode, replan)
+        compact = prompts.system_prompt("alfworld", mode, replan, style="compact")
+        assert len(compact) < 0.6 * len(full) and "take (object) from (receptacle)" in compact
+        assert "<thought>" in compact and "<action>" in compact
+        assert ("<global_plan>" in compact) == (mode == "adaplan")
+    assert "given <global_plan>" in prompts.system_prompt("tiny", "adaplan", "static", True, style="compact")
+    assert prompts.task_message("alfworld", " Your task is to: x. ", style="compact") == "Your task is to: x."
+    msg = prompts.observation_message("You arrive.", "adaplan", "static", style="compact",
+                                      format_error="missing <action>", sent_action="look")
+    assert msg == "Your last reply broke the format: missing <action>. The command 'look' was run instead.\nObservation: You arrive."
+    with pytest.raises(ValueError, match="prompt style"):
+        prompts.system_prompt("alfworld", style="short")

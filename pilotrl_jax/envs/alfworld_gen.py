@@ -137,7 +137,7 @@ SMALL_ROOMS = {
     "kitchen": RoomSpec(
         "kitchen",
         {"Cabinet": (1, 2), "CounterTop": (1, 1), "Fridge": (1, 1), "Drawer": (0, 1), "DiningTable": (0, 1),
-         "Microwave": (0, 1), "SinkBasin": (0, 1), "GarbageCan": (0, 1)},
+         "Microwave": (1, 1), "SinkBasin": (0, 1), "GarbageCan": (0, 1)},
         ROOMS["kitchen"].objects,
     ),
     "livingroom": RoomSpec(
@@ -419,6 +419,8 @@ def _split_layouts(rng, n_tasks, task_types, exclude: set, table=ROOMS) -> list[
     names = sorted(weights)
     plan = list(names) if n_layouts >= len(names) else []  # every usable room once
     for t in task_types:  # then make sure each type has a room that hosts it
+        if not any(_room_supports(r, t) for r in rooms):
+            raise ValueError(f"task type {t!r} has no room template that can host it in this room size")
         if not any(_room_supports(table[r], t) for r in plan):
             plan.append(rng.choice([r.name for r in rooms if _room_supports(r, t)]))
     while len(plan) < n_layouts:
@@ -574,6 +576,13 @@ def _write_game(out_dir, split, i, layout, goal, rng, can_contain, actions, doma
     _write_atomic(os.path.join(game_dir, "game.tw-pddl"), json.dumps(game))
     return {"task_id": task_id, "task_type": task_type, "dir": rel_dir, "layout": layout.layout_id,
             "room": layout.room, "goal": goal_desc, "goal_key": list(goal), "pddl_params": pddl_params}
+
+
+def vocabulary() -> list[str]:
+    """Every object and receptacle name the generator can write, as the engine shows them ("apple")."""
+    names = {c for r in ROOMS.values() for c in r.receptacles} | {o for r in ROOMS.values() for o in r.objects}
+    names |= {"DeskLamp"} | set(_DOMAIN_OTYPES)
+    return sorted(n.lower() for n in names)
 
 
 def load_manifest(out_dir: str) -> dict:

@@ -149,10 +149,25 @@ def _tokenizer(cfg, workdir: str, train_tasks: list, factory) -> Any:
     if have:
         return transformers.AutoTokenizer.from_pretrained(tok_dir)
     corpus = expert_corpus(factory, train_tasks[: int(cfg.tokenizer.corpus_tasks)], cfg.env.name)
+    corpus += env_vocabulary_corpus(cfg.env.name)
     tok = build_word_tokenizer(corpus, vocab_size=int(cfg.tokenizer.vocab_size))
     if jax.process_index() == 0:
         tok.save_pretrained(tok_dir)
     return tok
+
+
+def env_vocabulary_corpus(env_name: str, repeats: int = 20) -> list[str]:
+    """Lines naming every object/receptacle of the env family, repeated so BPE keeps each name whole.
+
+    A tiny model copies a name from the observation far more easily when it is one token; names
+    that rarely occur in the expert corpus would otherwise be split into letters.
+    """
+    if env_name != "alfworld":
+        return []
+    from pilotrl_jax.envs.alfworld_gen import vocabulary
+
+    line = ", ".join(f"a {w} 1" for w in vocabulary())
+    return [f"you see {line}."] * int(repeats)
 
 
 def build_context(cfg, workdir: str) -> RunContext:

@@ -7,14 +7,17 @@ Check that it fits before paying for the slice (compiles on a CPU host, no weigh
     python -m pilotrl_jax.aot --config configs/tpu_llama31_8b.py            # topology from config.tpu
 
 Slice: v5p-32 = 16 chips (4 hosts x 4 chips), 95 GiB HBM per chip; every host runs the same command.
+Other slices: configs/tpu_llama31_8b_v4.py (v4-64), configs/tpu_llama31_8b_v5e.py (v5litepod-64).
 Batch geometry (one RL step; the paper's numbers):
 - rollout.tasks_per_step (256) x rollout.group_size (16) = 4096 episodes; each episode is one token
   sequence of at most agent.token_budget = 16384 tokens (2048 prompt + 14336 response, DAPO Lmax).
-- The sampler holds rollout.max_batch = 128 episodes at once: KV cache [32 layers, 128, 16384, 8, 128]
-  in bf16 = 128 KiB per token, 2 GiB per episode, 256 GiB over the slice = 16 GiB per chip (rows over
-  fsdp, kv heads over tensor); the 4096 episodes of a step run in 32 waves. 256 rows do not fit:
-  the worst-case prefill chunk (256 tokens x 256 rows at the full 16K window) needs 89 GiB of 95 per
-  chip (`python -m pilotrl_jax.aot` says so), because the scanned layers write a new copy of the cache.
+  Each host rolls out its 64 tasks (1024 episodes, whole GRPO groups) with its own sampler.
+- Sampling is host-local: each host holds a bfloat16 copy of the policy (16 GiB, 4 GiB per chip, heads
+  over its 4 chips) and rollout.max_batch = 32 episodes at once (per host; 128 over the slice): KV cache
+  [32 layers, 32, 16384, 8, 128] in bf16 = 128 KiB per token, 2 GiB per episode, 64 GiB per host =
+  16 GiB per chip (kv heads over the 4 chips); a host's 1024 episodes run in 32 waves. The worst-case
+  prefill chunk (256 tokens x 32 rows at the full 16K window) writes a new copy of the cache (scanned
+  layers), so 64 rows per host would not fit (`python -m pilotrl_jax.aot` checks it).
 - The PPO batch is padded to a power-of-two length (aot.seq_buckets: 4096, 8192, 16384), so the step
   compiles at most 3 times. rl.num_mini_batches = 4 optimizer updates of 64 tasks (1024 rows) each;
   each mini-batch is cut into rl.num_micro_batches = 256 micro-batches of 4 rows (one per data*fsdp
@@ -70,7 +73,7 @@ def get_config(arg: str = ""):
     c.agent.token_budget = 16384
     c.rollout.tasks_per_step = 256
     c.rollout.group_size = 16
-    c.rollout.max_batch = 128
+    c.rollout.max_batch = 32  # per host (host-local sampler over 4 chips)
     c.rl.num_mini_batches = 4
     c.rl.num_micro_batches = 256  # 1024 rows per mini-batch / 4 rows per micro-batch
     c.checkpoint.every = 1  # a step is minutes long; preemption loses at most one

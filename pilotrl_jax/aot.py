@@ -9,7 +9,10 @@ micro-batches, rollout.max_batch sampler rows, agent.token_budget tokens, config
 - the PPO step (`rl.ppo.make_ppo_step`) for every sequence bucket (or those given by --buckets),
 - the old/reference log-prob forward (`rl.ppo.make_logprob_fn`) and, with a critic, the value forward,
 - the sampler's prefill and decode steps (`sampling.engine._prefill` / `_decode`) at the worst case
-  (every cache row, the whole cache window),
+  (every cache row, the whole cache window). On a multi-host slice the sampler is host-local (as the
+  trainer runs it, `pilotrl_jax.train.multihost`): it is compiled over one host's chips with that
+  host's share of the rows (rollout.max_batch is per host), its own copy of the params, and the
+  whole train-state shard resident beside it,
 and prints per chip: memory (`compiled.memory_analysis()`: arguments, outputs, temps), the optimizer
 state kept in HBM beside the sampler/forwards, the peak against the chip's HBM, FLOPs (analytic, and
 `compiled.cost_analysis()`), tokens per call, and whether it fits under `--max-hbm-fraction`.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -182,9 +186,12 @@ def check_geometry(cfg, stage: Optional[str] = None) -> None:
     ppo_config(cfg, stage)
 
 
-def sampler_rows(cfg, stage: Optional[str] = None) -> int:
-    """Episodes the sampler holds at once: rollout.max_batch (0 = all rows of a step), as the trainer does."""
-    rows = rollouts_per_step(cfg, stage)
+def sampler_rows(cfg, stage: Optional[str] = None, hosts: int = 1) -> int:
+    """Episodes one host's sampler holds at once: rollout.max_batch (0 = all of the host's rows of a
+    step: its share of the tasks x group size), as the trainer does."""
+    st = stage_settings(cfg, stage)
+    tasks = -(-int(st.tasks_per_step) // int(hosts))  # the largest host share
+    rows = tasks * int(st.group_size)
     mb = int(cfg.rollout.get("max_batch", 0) or 0)
     return min(rows, mb) if mb else rows
 
@@ -218,8 +225,10 @@ def topology_devices(name: str) -> list:
     # nor wait for a TPU VM's metadata server.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # v4 runs with one device per chip (megacore, as on a v4 TPU VM), not one per TensorCore
+    kw = {"chip_config_name": "megacore"} if topo.startswith("v4:") else {}
     try:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo)
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo, **kw)
     except Exception as e:  # noqa: BLE001 - libtpu raises assorted types
         msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         if "lockfile" in msg:
@@ -250,6 +259,40 @@ def topology_mesh(cfg, devices):
         raise AOTError(f"config.mesh {_plain(cfg.mesh)} does not fit the topology ({len(devices)} chips): {e}") from None
 
 
+def num_hosts(devices) -> int:
+    """Hosts (worker VMs) of the topology."""
+    return len({d.process_index for d in devices})
+
+
+def host_devices(devices, topology: str) -> list:
+    """One host's chips, as a host-sized topology of their own when their coordinates form a box
+    (XLA will not compile for a few chips of some slices, e.g. v5e:8x8), else the chips themselves."""
+    import math as _m
+
+    first = min(d.process_index for d in devices)
+    local = [d for d in devices if d.process_index == first]
+    prefix, _, dims = topology_name(topology).partition(":")
+    n = len(dims.split("x"))
+    bounds = [max(d.coords[i] for d in local) - min(d.coords[i] for d in local) + 1 for i in range(n)]
+    if _m.prod(bounds) != len(local):
+        return local
+    try:
+        return topology_devices(f"{prefix}:{'x'.join(str(b) for b in bounds)}")
+    except AOTError:
+        return local
+
+
+def sampler_mesh(cfg, devices, topology: str):
+    """The sampler's mesh: the training mesh on one host; one host's chips on several (host-local sampler)."""
+    from pilotrl_jax import sharding as sh
+    from pilotrl_jax.train.multihost import sampler_mesh_shape
+
+    if num_hosts(devices) == 1:
+        return topology_mesh(cfg, devices)
+    local = host_devices(devices, topology)
+    return sh.make_mesh(sampler_mesh_shape(_plain(cfg.mesh), len(local)), local)
+
+
 # ----------------------------------------------------------------------------- abstract inputs
 
 
@@ -259,13 +302,17 @@ def _sds(shape, dtype, sharding):
     return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
 
 
-def abstract_params(model_cfg, mesh):
-    """ShapeDtypeStructs of the params, with rules-table shardings."""
+def abstract_params(model_cfg, mesh, dtype=None):
+    """ShapeDtypeStructs of the params, with rules-table shardings (floating leaves in `dtype` if given)."""
     import jax
+    import jax.numpy as jnp
     from pilotrl_jax.models import llama
 
-    return jax.tree.map(lambda s, sh_: _sds(s.shape, s.dtype, sh_), llama.param_shapes(model_cfg),
-                        llama.param_shardings(model_cfg, mesh))
+    def one(s, sh_):
+        dt = dtype if dtype is not None and jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
+        return _sds(s.shape, dt, sh_)
+
+    return jax.tree.map(one, llama.param_shapes(model_cfg), llama.param_shardings(model_cfg, mesh))
 
 
 def abstract_train_state(model_cfg, ppo_cfg, mesh):
@@ -329,6 +376,7 @@ class Row:
     compile_s: float = 0.0
     hbm: int = 0
     error: str = ""
+    chips: int = 0  # chips the call runs on (0 = the whole slice; a host-local sampler uses one host's)
 
     @property
     def peak(self) -> int:
@@ -422,7 +470,7 @@ def compile_values(model_cfg, pc, mesh, rows: int, T: int) -> Row:
     return _analyse(row, fn.lower(cparams, batch))
 
 
-def _sampler_inputs(model_cfg, mesh, B: int, W: int):
+def _sampler_inputs(model_cfg, mesh, B: int, W: int, params_dtype=None):
     from pilotrl_jax import sharding as sh
     from pilotrl_jax.models import llama
     from pilotrl_jax.sampling import engine
@@ -435,31 +483,31 @@ def _sampler_inputs(model_cfg, mesh, B: int, W: int):
     cs = sh.named_sharding(mesh, engine.CACHE_AXES, shape)
     dt = llama.dtype_of(model_cfg.dtype)  # the engine's default cache dtype
     cache = {"k": _sds(shape, dt, cs), "v": _sds(shape, dt, cs)}
-    return abstract_params(model_cfg, mesh), cache
+    return abstract_params(model_cfg, mesh, params_dtype), cache
 
 
-def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int) -> Row:
+def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int, params_dtype=None) -> Row:
     """Compile one sampler prefill chunk over every cache row (B) at the full window (W)."""
     import jax.numpy as jnp
     from pilotrl_jax.sampling import engine
 
-    params, cache = _sampler_inputs(model_cfg, mesh, B, W)
+    params, cache = _sampler_inputs(model_cfg, mesh, B, W, params_dtype)
     C = engine.pow2_bucket(int(chunk), engine.MIN_PREFILL)
     s = _row_sharding(mesh, B, 2)
     ids, pos = _sds((B, C), jnp.int32, s), _sds((B, C), jnp.int32, s)
-    row = Row(f"prefill C={C}", f"B={B} W={W}", B * C)
+    row = Row(f"prefill C={C}", f"B={B} W={W}", B * C, chips=int(mesh.devices.size))
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
     return _analyse(row, engine._prefill.lower(model_cfg, params, cache, ids, pos, mesh=mesh))
 
 
 def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0) -> Row:
+                   top_p: float = 1.0, params_dtype=None) -> Row:
     """Compile the sampler's decode loop (`chunk` steps) over every cache row (B) at the full window (W)."""
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
     from pilotrl_jax.sampling import engine, filters
 
-    params, cache = _sampler_inputs(model_cfg, mesh, B, W)
+    params, cache = _sampler_inputs(model_cfg, mesh, B, W, params_dtype)
     s = _row_sharding(mesh, B)
     rep = NamedSharding(mesh, P())
     state = {"tok": _sds((B,), jnp.int32, s), "pos": _sds((B,), jnp.int32, s), "done": _sds((B,), jnp.bool_, s),
@@ -470,7 +518,7 @@ def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: flo
     scalar = _sds((), jnp.int32, rep)
     mode = filters.mode_for(float(temperature), int(top_k), float(top_p))
     chunk = int(chunk)
-    row = Row(f"decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk)
+    row = Row(f"decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk, chips=int(mesh.devices.size))
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
     return _analyse(row, engine._decode.lower(model_cfg, params, cache, state, table, table, sampling, scalar, scalar,
                                               mode=mode, chunk=chunk, mesh=mesh))
@@ -506,10 +554,18 @@ def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequ
     # The trainer samples and computes old/ref log-probs with the train state's own params, so beside
     # those functions (whose arguments hold the params) the rest of the state stays in HBM.
     resident = state_bytes - param_bytes
-    B, W = sampler_rows(cfg, stage), int(cfg.agent.token_budget)
+    hosts = num_hosts(devices)
+    smesh = sampler_mesh(cfg, devices, topology)
+    # several hosts: the sampler holds its own copy of the params, the whole train-state shard stays
+    s_resident = resident if hosts == 1 else state_bytes
+    from pilotrl_jax.models import llama
+
+    s_dtype = None if hosts == 1 else llama.dtype_of(mc.dtype)  # the host copy is in the compute dtype
+    B, W = sampler_rows(cfg, stage, hosts), int(cfg.agent.token_budget)
     info = dict(topology=topology_name(topology), chips=len(devices), kind=devices[0].device_kind, hbm=hbm,
                 mesh=dict(mesh.shape), model=_param_count(mc.num_params), state_bytes=state_bytes,
-                rollouts=rows, name=f"stage {st.name}")
+                rollouts=rows, name=f"stage {st.name}", hosts=hosts, sampler_mesh=dict(smesh.shape),
+                sampler_rows=B)
     jobs = []
     for T in wanted:
         if "ppo" in parts:
@@ -520,10 +576,11 @@ def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequ
             jobs.append(lambda T=T: _with_resident(compile_values(mc, pc, mesh, rows, T), resident))
     if "sampler" in parts:
         r = cfg.rollout
-        jobs.append(lambda: _with_resident(compile_prefill(mc, mesh, B, W, _aot(cfg, "prefill_chunk", 256)), resident))
-        jobs.append(lambda: _with_resident(compile_decode(mc, mesh, B, W, _aot(cfg, "decode_chunk", 64),
-                                                          float(r.temperature), int(r.top_k), float(r.top_p)),
-                                           resident))
+        jobs.append(lambda: _with_resident(compile_prefill(mc, smesh, B, W, _aot(cfg, "prefill_chunk", 256),
+                                                           s_dtype), s_resident))
+        jobs.append(lambda: _with_resident(compile_decode(mc, smesh, B, W, _aot(cfg, "decode_chunk", 64),
+                                                          float(r.temperature), int(r.top_k), float(r.top_p),
+                                                          s_dtype), s_resident))
     out = []
     for job in jobs:
         row = job()
@@ -560,12 +617,15 @@ def format_table(rows: Sequence[Row], info: dict, fraction: float = 0.9) -> str:
     head = (f"{info['name']}: {info['model']} on {info['topology']} ({info['chips']} x {info['kind']}, "
             f"{_gib(info['hbm'])} GiB HBM/chip), mesh {info['mesh']}, {info['rollouts']} rollouts/step; "
             f"train state {_gib(info['state_bytes'])} GiB/chip")
+    if info.get("hosts", 1) > 1:
+        head += (f"; {info['hosts']} hosts, each sampling on its own {math.prod(info['sampler_mesh'].values())} chips "
+                 f"(mesh {info['sampler_mesh']}, {info['sampler_rows']} rows)")
     peak = PEAK_FLOPS.get(info["kind"], 0.0)
     cols = ["function", "shape", "args", "outputs", "donated", "temps", "+state", "peak/chip", "% HBM",
             f"fits (<{fraction:.0%})", "tokens/call", "model TFLOP/chip", "ideal s", "HLO TFLOP/chip", "compile s"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        per_chip = r.model_flops / info["chips"]
+        per_chip = r.model_flops / (r.chips or info["chips"])
         ideal = f"{per_chip / peak:.2f}" if peak else "-"
         common = [f"{r.tokens:,}", f"{per_chip / 1e12:.1f}", ideal]
         if r.error:
@@ -577,7 +637,9 @@ def format_table(rows: Sequence[Row], info: dict, fraction: float = 0.9) -> str:
         lines.append("| " + " | ".join(vals) + " |")
     lines.append("")
     lines.append("peak = args + out - alias (donated) + temps + state (the optimizer state that stays in HBM "
-                 "beside the log-prob forward and the sampler, which use the policy params themselves); model FLOPs = tokens x (2 N_matmul + 4 L T H Dh), x3 "
+                 "beside the log-prob forward and the sampler, which use the policy params themselves; on several "
+                 "hosts the sampler uses its own params copy and the whole train-state shard stays); "
+                 "model FLOPs = tokens x (2 N_matmul + 4 L T H Dh), x3 "
                  "for training, no remat recompute; ideal s = model FLOPs per chip / peak bf16 FLOP/s; HLO FLOPs "
                  "(cost_analysis) count each loop body once (scans over epochs, mini/micro-batches and layers).")
     return "\n".join(lines)

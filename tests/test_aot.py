@@ -102,7 +102,7 @@ def test_shipped_8b_config_is_a_valid_trainer_config():
     mc = aot.model_config(cfg)
     assert 8.0e9 < mc.num_params < 8.1e9 and mc.rope_scaling[0] == "llama3"
     assert mc.scan_layers and mc.dtype == "bfloat16"
-    assert aot.rollouts_per_step(cfg) == 4096 and aot.sampler_rows(cfg) == 128
+    assert aot.rollouts_per_step(cfg) == 4096 and aot.sampler_rows(cfg) == 32 == aot.sampler_rows(cfg, hosts=4)
     aot.check_geometry(cfg)
     for stage in ("stage1", "stage2", "stage3"):
         pc = aot.ppo_config(cfg, stage)
@@ -110,3 +110,50 @@ def test_shipped_8b_config_is_a_valid_trainer_config():
     assert aot.topology_name(cfg.tpu.slice) == cfg.tpu.topology
     one = aot.load_config(path + ":stage2")
     assert C.pipeline(one) == ("stage2",)
+
+
+@pytest.mark.parametrize("name, slice_, chips, fsdp, tensor, budget", [
+    ("tpu_llama31_8b_v4.py", "v4-64", 32, 4, 8, 16384),
+    ("tpu_llama31_8b_v5e.py", "v5litepod-64", 64, 8, 8, 8192),
+])
+def test_shipped_v4_and_v5e_configs_are_valid_trainer_configs(name, slice_, chips, fsdp, tensor, budget):
+    from pilotrl_jax.train import config as C
+
+    cfg = aot.load_config(os.path.join(ROOT, "configs", name))
+    C.validate(cfg)
+    assert C.pipeline(cfg) == ("stage1", "stage2", "stage3") and cfg.tpu.slice == slice_
+    assert aot.topology_name(cfg.tpu.slice) == cfg.tpu.topology
+    assert int(cfg.agent.token_budget) == budget and aot.seq_buckets(cfg)[-1] == budget
+    assert aot.rollouts_per_step(cfg) == 4096
+    aot.check_geometry(cfg)
+    assert cfg.mesh.tensor == tensor and chips // tensor == fsdp
+    for stage in ("stage1", "stage2", "stage3"):
+        pc = aot.ppo_config(cfg, stage)
+        assert (4096 // pc.num_mini_batches // pc.num_micro_batches) % fsdp == 0  # micro rows over fsdp groups
+    hosts = chips // 4
+    assert aot.sampler_rows(cfg, hosts=hosts) == int(cfg.rollout.max_batch)  # per host
+    assert int(cfg.reward.max_response_len) <= budget - 2048
+
+
+@needs_libtpu
+def test_v4_topologies_have_one_device_per_chip():
+    devs = aot.topology_devices("v4-16")  # 8 chips, 2 hosts; megacore: one device per chip
+    assert len(devs) == 8 and aot.num_hosts(devs) == 2 and devs[0].device_kind == "TPU v4"
+
+
+@needs_libtpu
+def test_multi_host_topology_compiles_a_host_local_sampler():
+    """On several hosts the sampler is compiled over one host's chips with its share of the rows."""
+    cfg = aot.load_config(TINY)
+    cfg.rollout.max_batch = 0  # all of a host's rows: 2 of the 4 tasks x 4 episodes
+    rows, info = aot.run(cfg, "v5e:2x4", parts=("sampler",), log=lambda s: None)
+    assert info["hosts"] == 2 and info["chips"] == 8
+    assert info["sampler_mesh"] == {"data": 1, "fsdp": 2, "tensor": 2} and info["sampler_rows"] == 8
+    assert [r.name for r in rows] == ["prefill C=32", "decode x8 (sample)"]
+    assert all(not r.error and r.chips == 4 for r in rows)
+    assert all(r.resident == info["state_bytes"] for r in rows)  # the whole train-state shard stays
+    assert "2 hosts, each sampling on its own 4 chips" in aot.format_table(rows, info)
+    # one host: the sampler shares the training mesh and rows, as before
+    rows1, info1 = aot.run(aot.load_config(TINY), "v5e:2x2", parts=("sampler",), log=lambda s: None)
+    assert info1["hosts"] == 1 and info1["sampler_mesh"] == info1["mesh"] and info1["sampler_rows"] == 8
+    assert all(r.chips == 4 for r in rows1)

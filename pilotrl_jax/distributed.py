@@ -9,8 +9,11 @@ several CPU processes on one machine for tests, it is driven by flags or environ
 
 After `initialize()`, `jax.devices()` lists every chip of every host; a mesh built from it with
 `pilotrl_jax.sharding.make_mesh` spans the slice. Each host produces only the rows of a batch that
-its own devices hold (`process_rows`), and `global_batch` assembles the global jax.Array from them.
-Orbax checkpoints of sharded arrays are written by every host (each its own shards).
+its own devices hold (`process_rows`, or `row_blocks` when a topology-ordered mesh gives a host
+several blocks), and `global_batch` / `global_batch_from_blocks` assemble the global jax.Array from
+them. Small host collectives (`max_over_hosts`, `any_host`, `allgather_json`) agree on shapes, stop
+signals and metrics; `host_local_copies` gives every host its own copy of a sharded tree (a
+host-local sampler). Orbax checkpoints of sharded arrays are written by every host (each its own shards).
 """
 from __future__ import annotations
 

@@ -217,7 +217,8 @@ def host_rollout_metrics(row: dict, batch, rewards) -> dict:
     if not multihost.is_multihost():
         return row
     plan_ok = int(np.asarray(rewards.components.get("plan_ok", np.zeros(0))).sum())
-    got = dist.allgather_json({"row": {k: v for k, v in row.items() if isinstance(v, (int, float, str, type(None)))},
+    plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+    got = dist.allgather_json({"row": {k: v for k, v in plain.items() if isinstance(v, (int, float, str, type(None)))},
                                "n": len(batch.episodes), "plan_ok": plan_ok})
     return multihost.reduce_metrics([g["row"] for g in got], [g["n"] for g in got],
                                     [{"reward/plan_score": g["plan_ok"]} for g in got])

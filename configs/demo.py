@@ -1,9 +1,18 @@
 """The CPU demo (`make demo`): a tiny LLaMA with a tokenizer built from ALFWorld text, an SFT warm
 start on expert AdaPlan demonstrations, then PilotRL stages 1 -> 2 -> 3 on ALFWorld-engine tasks
-from the project's generator; evaluation on held-out rooms. About 15 minutes on 2 CPU cores.
+from the project's generator; evaluation on held-out rooms (layouts never seen in training).
 
-The warm-start budget (`stages.sft.steps`) is deliberately small: the demo shows what RL adds on
-top of a model that has just learned the format. Nothing is tuned on the held-out split.
+What makes it learnable by a 0.6M-parameter model in minutes on 2 cores (all documented choices,
+none tuned on the held-out split; settings were compared on generator seeds 100/101 only):
+- small rooms (`env.room_size="small"`: 3-8 receptacles, one target instance), the same engine,
+  affordances and goal templates as full ALFWorld;
+- demonstrations from the search expert (`env.kwargs.expert="search"`), which knows only what the
+  agent has seen: it checks the receptacles that can hold the target in the listed order, so the
+  behaviour it teaches works in unseen rooms (the planner expert walks straight to the object);
+- the compact prompt (`agent.prompt_style="compact"`) and a tokenizer that keeps every object and
+  receptacle name one token, so the model copies names from the observation.
+
+The warm-start budget is `stages.sft.steps` (SFT steps of `sft.batch_size` episodes at `stages.sft.lr`).
 """
 from pilotrl_jax.train.config import base_config
 
@@ -14,8 +23,10 @@ def get_config(arg: str = ""):
     c.seed = 0
     c.env.name = "alfworld"
     c.env.task_types = "pick_and_place_simple,look_at_obj_in_light"
-    c.env.num_train_tasks = 64
+    c.env.num_train_tasks = 256
     c.env.num_eval_tasks = 16
+    c.env.room_size = "small"
+    c.env.kwargs.expert = "search"
     c.model.hidden_size = 128
     c.model.intermediate_size = 384
     c.model.num_layers = 2
@@ -23,10 +34,11 @@ def get_config(arg: str = ""):
     c.model.num_kv_heads = 2
     c.model.head_dim = 32
     c.tokenizer.vocab_size = 1024
-    c.tokenizer.corpus_tasks = 16
+    c.tokenizer.corpus_tasks = 64
     c.agent.mode = "adaplan"
     c.agent.replan = "static"
-    c.agent.max_turns = 10
+    c.agent.prompt_style = "compact"
+    c.agent.max_turns = 12
     c.agent.max_plan_tokens = 96
     c.agent.max_action_tokens = 48
     c.agent.token_budget = 2048
@@ -39,12 +51,12 @@ def get_config(arg: str = ""):
     c.eval.modes = "adaplan"
     c.sft.batch_size = 16
     c.checkpoint.every = 2
-    c.stages.sft.steps = 40
+    c.stages.sft.steps = 160
     c.stages.sft.lr = 3e-3
-    c.stages.stage1.steps = 3
-    c.stages.stage2.steps = 3
-    c.stages.stage3.steps = 3
+    c.stages.stage1.steps = 2
+    c.stages.stage2.steps = 2
+    c.stages.stage3.steps = 6
     for s in ("stage1", "stage2", "stage3"):
-        c.stages[s].lr = 2e-5
+        c.stages[s].lr = 1e-4
     c.pipeline = arg or "sft,stage1,stage2,stage3"
     return c

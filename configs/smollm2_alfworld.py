@@ -21,7 +21,7 @@ which is the same as the trainer plus the exporter:
         --out runs/smollm2_rl/hf
 
 Config args (after the colon, comma-separated): "" (evaluation settings; pipeline stage3, 1 step),
-"smoke" (2 steps of stage 3, 2 tasks x group 2, 2 turns per episode, 2 held-out tasks per mode at
+"smoke" (2 steps of stage 3, 1 task x group 2, 2 turns per episode, 1 held-out task per mode at
 the end), and/or stage names giving the pipeline, e.g. "smoke,stage1,stage2,stage3" (1 step each).
 Limits (turns, tokens) are short so a run fits a few minutes on 2 CPU cores; a 135M model is not
 expected to solve many tasks zero-shot.
@@ -42,6 +42,9 @@ def get_config(arg: str = ""):
     c.model.dtype = "float32"  # bf16 matmuls are slower than fp32 on most CPUs; use bfloat16 on TPU/GPU
     c.model.param_dtype = "float32"
     c.model.scan_layers = True  # one compiled layer instead of 30: much faster compiles on CPU
+    # PPO memory: without rematerialisation the backward keeps every layer's [T, T] attention maps
+    # (4 episodes x 1024 tokens: ~20 GB); "full" recomputes each layer (+1 forward, < 2 GB).
+    c.model.remat_policy = "full"
     c.env.name = "alfworld"
     c.env.task_types = "pick_and_place_simple,look_at_obj_in_light"
     c.env.num_train_tasks = 16
@@ -56,6 +59,7 @@ def get_config(arg: str = ""):
     c.rollout.group_size = 2
     c.rollout.num_cohorts = 1  # one sampler batch: on 2 CPU cores batching beats overlapping env steps
     c.rl.num_mini_batches = 1
+    c.rl.logits_chunk_size = 256  # never materialise [B, T, 49152] float32 logits at once
     c.reward.max_response_len = 2048
     c.reward.overlong_buffer = 512
     c.eval.num_tasks = 16
@@ -72,6 +76,8 @@ def get_config(arg: str = ""):
     c.pipeline = ",".join(stages) or "stage3"
     if smoke:
         c.stages.stage3.steps = 2 if not stages else 1
+        # 1 task x group 2: a PPO step on 2 episodes of 1024 (bucketed) tokens costs ~2 min on 2 busy cores
+        c.rollout.tasks_per_step = 1
         c.agent.max_turns = 2
         c.agent.max_plan_tokens = 64
         c.agent.token_budget = 1024
@@ -80,5 +86,5 @@ def get_config(arg: str = ""):
         # at 128 response tokens makes rewards differ with episode length, so the step does update.
         c.reward.max_response_len = 512
         c.reward.overlong_buffer = 384
-        c.eval.num_tasks = 2
+        c.eval.num_tasks = 1
     return c

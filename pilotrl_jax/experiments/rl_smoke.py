@@ -51,7 +51,7 @@ def sample_ids(tokenizer, n_max: int = 512) -> list[int]:
 
 
 def check_export(hf_dir: str, checkpoint: str, ids: Optional[Sequence[int]] = None, tol: float = PARITY_TOL) -> dict:
-    """Logits of `hf_dir` in transformers' LlamaForCausalLM vs our JAX model at `checkpoint`'s params (raises if > tol)."""
+    """LlamaForCausalLM (torch) logits of `hf_dir` vs our JAX model at `checkpoint`'s params; raises if > tol."""
     import numpy as np
     import torch
     import transformers

@@ -26,20 +26,19 @@ def main(argv):
     """Run the demo pipeline and write results.json, the HF export and the table."""
     del argv
     logging.set_verbosity(logging.WARNING)
-    import jax
 
     from pilotrl_jax import export
     from pilotrl_jax.experiments.results import rows_from_run, write_results
     from pilotrl_jax.train import config as C
     from pilotrl_jax.train.evaluation import format_table
+    from pilotrl_jax.train.setup import use_compilation_cache
     from pilotrl_jax.train.trainer import run_pipeline
 
     out = os.path.abspath(_OUT.value)
     if _FRESH.value and os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", os.path.join(out, ".jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    use_compilation_cache(out)
     cfg = _CONFIG.value
     stages = C.pipeline(cfg)
     print(f"PilotRL demo: {' -> '.join(stages)} on {cfg.env.name} ({cfg.env.num_train_tasks} train / "

@@ -313,6 +313,7 @@ class AlfWorldEnv:
                 go(todo[0])
             return None
 
+        parents = [r for r in order if rtype[r] == parent_t]
         obj_word = params.get("object_target", "").lower()
         target_cands = candidates(target, exclude=(parent_t,))
         steps = [f"Find the {obj_word}: check {_join([names[r] for r in target_cands])} one by one.",
@@ -323,7 +324,6 @@ class AlfWorldEnv:
             steps += [f"Find the {lamp_word}: check {_join([names[r] for r in lamp_cands])} one by one.",
                       f"Turn on the {lamp_word} and look at the {obj_word} under it."]
         else:
-            parents = [r for r in order if rtype[r] == parent_t]
             if parents:
                 steps.append(f"Put the {obj_word} in/on {names[parents[0]]}.")
 
@@ -345,7 +345,6 @@ class AlfWorldEnv:
                 acts.append(f"use {names[lamp[0]]}")
             return ExpertActions(acts, steps)
         if self._task.task_type == "pick_and_place_simple":
-            parents = [r for r in order if rtype[r] == parent_t]
             go(parents[0])
             acts.append(f"move {names[holding]} to {names[parents[0]]}")
             return ExpertActions(acts, steps)

@@ -156,11 +156,9 @@ def main(argv):
         print("usage: python -m pilotrl_jax.experiments.rl_smoke --config configs/FILE.py[:smoke] --workdir DIR",
               file=sys.stderr)
         return 2
-    import jax
+    from pilotrl_jax.train.setup import use_compilation_cache
 
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(F.workdir), ".jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    use_compilation_cache(F.workdir)
     try:
         report = run_smoke(F.config, F.workdir, F.out, evaluate_stages=not F.no_eval)
     except (ValueError, FileNotFoundError, AssertionError) as e:

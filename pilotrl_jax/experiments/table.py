@@ -65,14 +65,14 @@ def main(argv):
     """Run every seed (resuming finished ones) and print the table."""
     del argv
     logging.set_verbosity(logging.WARNING)
-    import jax
 
     from pilotrl_jax.experiments.results import rows_from_run, write_results
     from pilotrl_jax.train import config as C
+    from pilotrl_jax.train.setup import use_compilation_cache
     from pilotrl_jax.train.trainer import run_pipeline
 
     out = os.path.abspath(_OUT.value)
-    jax.config.update("jax_compilation_cache_dir", os.path.join(out, ".jax_cache"))
+    use_compilation_cache(out)
     rows = []
     for seed in [int(s) for s in _SEEDS.value.split(",") if s.strip()]:
         cfg = table_config(_CONFIG.value, seed)

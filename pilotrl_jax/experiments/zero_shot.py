@@ -102,11 +102,9 @@ def main(argv):
         print("usage: python -m pilotrl_jax.experiments.zero_shot --config configs/FILE.py --workdir DIR",
               file=sys.stderr)
         return 2
-    import jax
+    from pilotrl_jax.train.setup import use_compilation_cache
 
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(F.workdir), ".jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    use_compilation_cache(F.workdir)
     try:
         rows = zero_shot(F.config, F.workdir, F.num_tasks, F.modes)
     except ValueError as e:

@@ -21,15 +21,11 @@ def main(argv):
     from pilotrl_jax.train.evaluation import format_table
     from pilotrl_jax.train.trainer import run_pipeline
 
+    from pilotrl_jax.train.setup import use_compilation_cache
+
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    import os
-
-    import jax
-
-    if _WORKDIR.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        # compiled steps are reused by reruns/resumes of the same run
-        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(_WORKDIR.value), ".jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if _WORKDIR.value:  # compiled steps are reused by reruns/resumes of the same run
+        use_compilation_cache(_WORKDIR.value)
     distributed.initialize()
     if _CONFIG.value is None or not _WORKDIR.value:
         print("usage: python -m pilotrl_jax.train --config configs/FILE.py --workdir DIR", file=sys.stderr)

@@ -59,6 +59,15 @@ def load_params_any(path: str, is_hf: bool, model_cfg: LlamaConfig, mesh=None):
     return params
 
 
+def use_compilation_cache(workdir: str) -> None:
+    """Keep compiled steps in `workdir`/.jax_cache so reruns and resumes reuse them (unless
+    JAX_COMPILATION_CACHE_DIR already names a cache)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def make_mesh(cfg):
     """The device mesh from config.mesh (None on a single device)."""
     if jax.device_count() == 1:

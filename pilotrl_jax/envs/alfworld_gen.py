@@ -42,6 +42,7 @@ TASK_TYPES = (
     "pick_two_obj_and_place",
 )
 TASKS_PER_LAYOUT = 6  # average number of tasks sampled in one layout of a split
+_PER_LAYOUT = {"few": 3}  # room sizes with fewer goals per layout (fewer object classes) use more layouts
 MANIFEST = "manifest.json"
 
 # Goal templates as in ALFWorld's goal library (alfworld/gen/goal_library.py).
@@ -159,9 +160,20 @@ SMALL_ROOMS = {
         ROOMS["bathroom"].objects,
     ),
 }
-ROOM_SIZES = {"full": ROOMS, "small": SMALL_ROOMS}
+# "few" (generate_tasks(room_size="few")): small rooms with six object classes per room template
+# (21 in all), each placeable on most receptacles of its room. Every object class is then the goal of
+# many training tasks, so a model trained from scratch in minutes meets each name often enough to
+# learn to read it from the goal; the others are the distractors in the same room.
+_FEW_OBJECTS = {
+    "kitchen": ("Apple", "Mug", "Potato", "Bowl", "Tomato", "Cup"),
+    "livingroom": ("Book", "Vase", "CellPhone", "RemoteControl", "KeyChain", "Statue"),
+    "bedroom": ("AlarmClock", "Book", "Pen", "CD", "CellPhone", "KeyChain"),
+    "bathroom": ("SoapBar", "Candle", "ToiletPaper", "SprayBottle", "SoapBottle", "Cloth"),
+}
+FEW_ROOMS = {name: dataclasses.replace(room, objects=_FEW_OBJECTS[name]) for name, room in SMALL_ROOMS.items()}
+ROOM_SIZES = {"full": ROOMS, "small": SMALL_ROOMS, "few": FEW_ROOMS}
 # per room size: (min, max) target instances (pick_two: at least 2), (min, max) distractor classes
-_PLACEMENT = {"full": ((1, 3), (3, 10)), "small": ((1, 1), (2, 5))}
+_PLACEMENT = {"full": ((1, 3), (3, 10)), "small": ((1, 1), (2, 5)), "few": ((1, 1), (2, 3))}
 
 OPENABLE = frozenset({"Fridge", "Cabinet", "Microwave", "Drawer", "Safe", "Box"})
 MOVABLE_RECEPTACLES = frozenset({"Bowl", "Box", "Cup", "Mug", "Plate", "Pan", "Pot"})
@@ -409,10 +421,10 @@ def _check_types(task_types) -> tuple:
     return tuple(t for t in TASK_TYPES if t in task_types)  # canonical order
 
 
-def _split_layouts(rng, n_tasks, task_types, exclude: set, table=ROOMS) -> list[Layout]:
+def _split_layouts(rng, n_tasks, task_types, exclude: set, table=ROOMS, per_layout=TASKS_PER_LAYOUT) -> list[Layout]:
     """Sample the layouts of one split (disjoint from `exclude` signatures), covering each type."""
     rooms = [r for r in table.values() if any(_room_supports(r, t) for t in task_types)]
-    n_layouts = max(len(task_types), math.ceil(n_tasks / TASKS_PER_LAYOUT))
+    n_layouts = max(len(task_types), math.ceil(n_tasks / per_layout))
     # weight of a room: how much of the type mix it can host
     weights = {r.name: sum(1.0 / sum(_room_supports(q, t) for q in rooms) for t in task_types
                            if _room_supports(r, t)) for r in rooms}
@@ -476,7 +488,8 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     """Write (or reuse) ALFWorld game directories under out_dir; returns {'train': [...], 'heldout': [...]}.
 
     room_size: "full" (ALFWorld-like rooms, 6-40 receptacles) or "small" (3-8 receptacles, one
-    target instance, fewer distractors: a curriculum for tiny models; see SMALL_ROOMS).
+    target instance, fewer distractors: a curriculum for tiny models; see SMALL_ROOMS) or "few"
+    (small rooms with 6 object classes per room template; see FEW_ROOMS).
     """
     if room_size not in ROOM_SIZES:
         raise ValueError(f"room_size={room_size!r}; expected one of {sorted(ROOM_SIZES)}")
@@ -521,7 +534,8 @@ def _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions,
     table = ROOM_SIZES[room_size]
     lay_rng = random.Random(f"alfworld-gen:{seed}:{split}:layouts")
     rng = random.Random(f"alfworld-gen:{seed}:{split}:tasks")
-    layouts = _split_layouts(lay_rng, n, types, exclude=taken, table=table) if n else []
+    per_layout = _PER_LAYOUT.get(room_size, TASKS_PER_LAYOUT)
+    layouts = _split_layouts(lay_rng, n, types, exclude=taken, table=table, per_layout=per_layout) if n else []
     taken.update(lay.signature for lay in layouts)
     used = {lay.layout_id: set() for lay in layouts}
     load = {lay.layout_id: 0 for lay in layouts}
@@ -538,7 +552,7 @@ def _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions,
                 break
         else:
             raise RuntimeError(f"split {split}: no unused {task_type} goal left in {len(cands)} layouts; "
-                               f"ask for fewer tasks or more layouts (TASKS_PER_LAYOUT={TASKS_PER_LAYOUT})")
+                               f"ask for fewer tasks or more layouts ({per_layout} tasks per layout)")
         used[lay.layout_id].add(goal)
         load[lay.layout_id] += 1
         records.append(_write_game(out_dir, split, i, lay, goal, rng, can_contain, actions, domain, grammar,
@@ -602,7 +616,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--n-heldout", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task-types", nargs="*", default=None, help=f"subset of {list(TASK_TYPES)}")
-    p.add_argument("--room-size", default="full", choices=sorted(ROOM_SIZES), help="full or small rooms")
+    p.add_argument("--room-size", default="full", choices=sorted(ROOM_SIZES), help="full, small or few (small rooms, 4 object classes each)")
     args = p.parse_args(list(argv) if argv is not None else None)
     tasks = generate_tasks(args.out, args.n_train, args.n_heldout, args.seed, args.task_types, args.room_size)
     for split, ts in tasks.items():

@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
         path="",
         hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
         dtype="float32", param_dtype="float32", scan_layers=False, remat_policy="none",
+        tie_word_embeddings=False,  # tiny models: one matrix embeds and unembeds tokens
     ))
     c.tokenizer = ml_collections.ConfigDict(dict(
         path="",  # "" = the model's directory (hf/checkpoint) or built from environment text (tiny)
@@ -98,7 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1, keep=3, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    c.sft = ml_collections.ConfigDict(dict(batch_size=16, max_len=0, weight_decay=0.0, warmup_steps=0))
+    c.sft = ml_collections.ConfigDict(dict(
+        batch_size=16, max_len=0, weight_decay=0.0, warmup_steps=0,
+        length_bucket=128,  # pad each batch to its longest row, rounded up to a multiple of this (0 = all rows' max)
+    ))
     c.pipeline = "stage1,stage2,stage3"
     c.stages = ml_collections.ConfigDict(dict(
         sft=_stage(kind="sft", trained_spans="plan,action", plan_source="expert", steps=100, lr=1e-3),

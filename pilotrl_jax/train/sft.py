@@ -34,6 +34,17 @@ def sft_loss(model_cfg, params, batch: dict):
     return (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
 
 
+def sft_length(attention_mask: np.ndarray, bucket: int) -> int:
+    """Columns a batch of right-padded rows needs: its longest row rounded up to a multiple of
+    `bucket` (0 = keep the full width), so short batches do not pay for the longest demo."""
+    width = int(attention_mask.shape[1])
+    if int(bucket) <= 0:
+        return width
+    from pilotrl_jax.rollout.batch import bucket_length
+
+    return min(width, bucket_length(int(attention_mask.sum(axis=1).max()), int(bucket)))
+
+
 def make_sft_step(model_cfg, tx, out_shardings=None):
     """Jitted (params, opt_state, batch) -> (params, opt_state, loss); `out_shardings` pins the
     (params, opt_state, loss) layout (multi-host: the state stays sharded as it came)."""
@@ -132,14 +143,13 @@ def run_sft_stage(ctx, st, params, stage_dir: str, ck, metrics, stop_flag) -> An
     for step in bar:
         rng = np.random.default_rng([int(cfg.seed), step])
         idx = rng.choice(n, size=bs, replace=False)
+        T = sft_length(data["attention_mask"][idx], int(cfg.sft.length_bucket))
+        rows = {"input_ids": data["input_ids"][idx, :T], "attention_mask": data["attention_mask"][idx, :T],
+                "loss_mask": loss_mask[idx, :T]}
         if multi:  # every host holds the whole batch; each places its devices' rows
-            batch = dist.global_from_full({"input_ids": data["input_ids"][idx],
-                                           "attention_mask": data["attention_mask"][idx],
-                                           "loss_mask": loss_mask[idx]}, ctx.mesh)
+            batch = dist.global_from_full(rows, ctx.mesh)
         else:
-            batch = {"input_ids": jnp.asarray(data["input_ids"][idx]),
-                     "attention_mask": jnp.asarray(data["attention_mask"][idx]),
-                     "loss_mask": jnp.asarray(loss_mask[idx])}
+            batch = {k: jnp.asarray(v) for k, v in rows.items()}
         params, opt_state, loss = step_fn(params, opt_state, batch)
         loss = float(dist.to_host(loss))
         bar.set_postfix(loss=f"{loss:.3f}")

@@ -325,6 +325,31 @@ def test_small_rooms_are_small_and_still_split_by_layout(small_games, games, tmp
         generate_tasks(str(tmp_path / "x"), 2, 2, seed=0, room_size="huge")
 
 
+def test_few_rooms_draw_goals_from_six_object_classes_per_room_and_the_expert_solves_them(tmp_path):
+    from pilotrl_jax.envs.alfworld_gen import FEW_ROOMS, SMALL_ROOMS
+
+    tasks = generate_tasks(str(tmp_path), 40, 16, seed=5, task_types=_SMALL_TYPES, room_size="few")
+    assert load_manifest(str(tmp_path))["config"]["room_size"] == "few"
+    assert {r: FEW_ROOMS[r].receptacles for r in FEW_ROOMS} == {r: SMALL_ROOMS[r].receptacles for r in SMALL_ROOMS}
+    allowed = {o for r in FEW_ROOMS.values() for o in r.objects}
+    assert len(allowed) == 21 and all(len(r.objects) == 6 for r in FEW_ROOMS.values())
+    seen = set()
+    for split in ("train", "heldout"):
+        for t in tasks[split]:
+            with open(os.path.join(t.payload["game_dir"], "traj_data.json")) as f:
+                traj = json.load(f)
+            assert set(traj["scene"]["objects"].values()) <= allowed | {"DeskLamp"}, t.task_id
+            seen.add(t.payload["pddl_params"]["object_target"])
+    assert len(seen) >= 10  # goals spread over the classes
+    held = {t.payload["layout"] for t in tasks["heldout"]}
+    assert len(held) >= 16 // 3 and not held & {t.payload["layout"] for t in tasks["train"]}
+    env = AlfWorldEnv(expert="search")
+    try:
+        assert all(_run_expert(env, t)[0] for t in tasks["heldout"][:6])
+    finally:
+        env.close()
+
+
 def _run_expert(env, task, max_steps=40):
     """Follow the expert's first command until done; returns (won, commands, first expert answer)."""
     env.reset(task)

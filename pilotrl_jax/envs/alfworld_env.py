@@ -327,29 +327,35 @@ class AlfWorldEnv:
             if parents:
                 steps.append(f"Put the {obj_word} in/on {names[parents[0]]}.")
 
+        # which plan step the next command carries out: 0 find, 1 take, 2 put / find the lamp, 3 turn it on
         holding = next((o for o in held if otype.get(o) == target), None)
         if held and holding is None:  # put an unrelated object down where the agent stands
             p = state["pos"]
             if p is None or (p in openable and p not in opened) or (rtype[p], otype.get(held[0])) not in fits:
                 return self._planner_fallback(steps)
             acts.append(f"move {names[held[0]]} to {names[p]}")
+        step = 2
         if holding is None:
             got = find(target, exclude=(parent_t,))
             if got is None:
-                return ExpertActions(acts, steps)
+                return ExpertActions(acts, steps, step=0)
+            step = 0 if acts else 1  # walking to (or clearing the hands for) a seen target is still finding it
             holding = got[0]
             acts.append(f"take {names[holding]} from {names[got[1]]}")
         if self._task.task_type == "look_at_obj_in_light":
+            n_before = len(acts)
             lamp = find(toggle_t)
             if lamp is not None:
                 acts.append(f"use {names[lamp[0]]}")
-            return ExpertActions(acts, steps)
+            if step == 2 and n_before == len(acts) - 1 and lamp is not None:
+                step = 3  # the lamp is here: turning it on is the next command
+            return ExpertActions(acts, steps, step=step)
         if self._task.task_type == "pick_and_place_simple":
             go(parents[0])
             acts.append(f"move {names[holding]} to {names[parents[0]]}")
-            return ExpertActions(acts, steps)
+            return ExpertActions(acts, steps, step=step)
         if acts:  # other types: walk to the object first, then the planner knows the rest
-            return ExpertActions(acts, steps)
+            return ExpertActions(acts, steps, step=step if step < 2 else None)
         return self._planner_fallback(steps)
 
     def _planner_fallback(self, steps) -> ExpertActions | None:

@@ -54,14 +54,16 @@ class ExpertActions(list):
 
     Experts that know more than their command list shows (a search expert knows where it will
     look next, not what it will find) set `plan_steps`; plan writers use them when present.
+    `step` (0-based) is the plan step the first command carries out, when the expert knows it.
     """
 
-    def __init__(self, actions=(), plan_steps=None):
+    def __init__(self, actions=(), plan_steps=None, step=None):
         super().__init__(actions)
         self.plan_steps = None if plan_steps is None else [str(s) for s in plan_steps]
+        self.step = None if step is None else int(step)
 
     def __reduce__(self):  # pickles across ProcessEnv workers with its plan steps
-        return (ExpertActions, (list(self), self.plan_steps))
+        return (ExpertActions, (list(self), self.plan_steps, self.step))
 
 
 class EnvError(RuntimeError):

@@ -166,8 +166,9 @@ def expert_turn(ctx) -> str:
         steps = expert_plan_from_actions(ep.env, expert) or ["Look around for what the task needs."]
         return prompts.plan_text(steps)
     action = expert[0] if expert else ep.noop_action
-    return (f"<thought>According to Step 1 of the global plan, I should {action}.</thought>"
-            f"<action>{action}</action>")
+    step = getattr(expert, "step", None)  # the plan step this command carries out, if the expert says
+    return (f"<thought>According to Step {1 if step is None else step + 1} of the global plan, I should {action}."
+            f"</thought><action>{action}</action>")
 
 
 _FUZZ_PIECES = ("<global_plan>", "</global_plan>", "<thought>", "</thought>", "<action>", "</action>",

@@ -252,3 +252,22 @@ def test_checkpoint_planner_on_a_second_engine(tiny_engine, tiny_tok, tiny_tasks
     for e in b.episodes:
         assert [s.kind for s in e.spans].count(SpanKind.EXTERNAL_PLAN) >= 1
         assert e.plan_history[0][2] == FALLBACK_PLAN
+
+
+def test_expert_turn_names_the_plan_step_the_expert_carries_out():
+    from types import SimpleNamespace
+
+    from pilotrl_jax.envs.base import ExpertActions
+
+    def turn(expert, kind=SpanKind.ACTION):
+        ctx = SimpleNamespace(episode=SimpleNamespace(env="alfworld", noop_action="look"), expert=expert,
+                              request=SimpleNamespace(kind=kind))
+        return expert_turn(ctx)
+
+    plan = ["Find the mug: check cabinet 1.", "Take the mug.", "Put the mug in/on sinkbasin 1."]
+    assert turn(ExpertActions(["take mug 1 from cabinet 1"], plan, step=1)) == (
+        "<thought>According to Step 2 of the global plan, I should take mug 1 from cabinet 1.</thought>"
+        "<action>take mug 1 from cabinet 1</action>")
+    assert "Step 3 of" in turn(ExpertActions(["go to sinkbasin 1"], plan, step=2))
+    assert "Step 1 of" in turn(["go to cabinet 1"])  # an expert that does not say which step
+    assert turn(ExpertActions(["go to cabinet 1"], plan, step=0), SpanKind.PLAN).startswith("<global_plan>Step 1: Find")

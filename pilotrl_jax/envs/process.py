@@ -281,8 +281,8 @@ class ProcessEnv:
             except (OSError, EOFError) as e:
                 self._kill()
                 code = self._proc.exitcode
-                raise EnvError(f"env worker (pid {self._proc.pid}) is gone (exit code {code}); "
-                               "call restart()") from e
+                raise EnvError(f"env worker (pid {self._proc.pid}, {self.factory!r}) died before {method} "
+                               f"was sent (exit code {code}); call restart()") from e
             status, payload, tb = self._receive(method, t)
         if status == "ok":
             return payload

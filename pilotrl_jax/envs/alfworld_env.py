@@ -346,9 +346,9 @@ class AlfWorldEnv:
             n_before = len(acts)
             lamp = find(toggle_t)
             if lamp is not None:
+                if step == 2 and len(acts) == n_before:
+                    step = 3  # the lamp is where the agent stands: turning it on is the next command
                 acts.append(f"use {names[lamp[0]]}")
-            if step == 2 and n_before == len(acts) - 1 and lamp is not None:
-                step = 3  # the lamp is here: turning it on is the next command
             return ExpertActions(acts, steps, step=step)
         if self._task.task_type == "pick_and_place_simple":
             go(parents[0])

@@ -616,7 +616,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--n-heldout", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task-types", nargs="*", default=None, help=f"subset of {list(TASK_TYPES)}")
-    p.add_argument("--room-size", default="full", choices=sorted(ROOM_SIZES), help="full, small or few (small rooms, 4 object classes each)")
+    p.add_argument("--room-size", default="full", choices=sorted(ROOM_SIZES), help="full, small or few (small rooms, 6 object classes each)")
     args = p.parse_args(list(argv) if argv is not None else None)
     tasks = generate_tasks(args.out, args.n_train, args.n_heldout, args.seed, args.task_types, args.room_size)
     for split, ts in tasks.items():

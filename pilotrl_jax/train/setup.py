@@ -211,7 +211,7 @@ def build_context(cfg, workdir: str) -> RunContext:
             num_layers=int(m.num_layers), num_heads=int(m.num_heads), num_kv_heads=int(m.num_kv_heads),
             head_dim=int(m.head_dim), max_position_embeddings=max(4096, int(cfg.agent.token_budget)),
             bos_token_id=tok.bos_token_id, eos_token_ids=() if eos is None else (int(eos),),
-            pad_token_id=tok.pad_token_id, tie_word_embeddings=bool(m.get("tie_word_embeddings", False)), **ours,
+            pad_token_id=tok.pad_token_id, tie_word_embeddings=bool(m.tie_word_embeddings), **ours,
         )
         base, is_hf = os.path.join(workdir, "base"), False
         # several hosts: every host looks before any writes, and all agree (the save is collective)

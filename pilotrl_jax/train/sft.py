@@ -21,6 +21,7 @@ from pilotrl_jax import distributed as dist
 from pilotrl_jax.models import llama
 from pilotrl_jax.rl import masks as masks_lib
 from pilotrl_jax.rollout import ForcedPolicy, RolloutRunner, expert_turn
+from pilotrl_jax.rollout.batch import bucket_length
 from pilotrl_jax.train.config import _split
 
 
@@ -40,8 +41,6 @@ def sft_length(attention_mask: np.ndarray, bucket: int) -> int:
     width = int(attention_mask.shape[1])
     if int(bucket) <= 0:
         return width
-    from pilotrl_jax.rollout.batch import bucket_length
-
     return min(width, bucket_length(int(attention_mask.sum(axis=1).max()), int(bucket)))
 
 

@@ -15,6 +15,11 @@ the target in the receptacles that can hold it, in the order the room descriptio
 and turns on the lamp); its plan names the places to check. Demonstrations from it teach a
 policy that works in rooms it has never seen; the planner expert walks straight to the object.
 
+`score="progress"` (ours; default "won") grades unsolved episodes: the info's score is 1 when won,
+else 0.5 once the agent has picked up an object of the goal's type (the first of the goal's two
+conditions, in the spirit of ALFRED's goal-condition success), else 0. With `reward.outcome="score"`
+RL then also learns from groups in which no episode won.
+
 Speed: the engine re-parses grammar templates with TatSu on every derived command and translates
 the PDDL problem twice on every reset. `install_engine_speedups()` (on by default) memoizes those
 two pure text-to-structure functions (copies are returned, so behaviour is unchanged).
@@ -43,6 +48,8 @@ _APPLIANCE_TYPE = {
 }
 _SPEEDUPS = {"installed": False}
 EXPERTS = ("planner", "search")
+SCORES = ("won", "progress")
+_PICK_RE = re.compile(r"^you pick up the (?P<o>[a-z]+) \d+", re.IGNORECASE)
 _INTRO_RE = re.compile(r"you see (?P<list>.+?)\.\s*(?:\n|$)", re.IGNORECASE)
 
 
@@ -131,10 +138,14 @@ class AlfWorldEnv:
     """
 
     def __init__(self, max_steps: int | None = None, strip_banner: bool = True, put_alias: bool = True,
-                 speedups: bool = True, expert: str = "planner"):
+                 speedups: bool = True, expert: str = "planner", score: str = "won"):
         if expert not in EXPERTS:
             raise ValueError(f"expert={expert!r}; expected one of {EXPERTS}")
+        if score not in SCORES:
+            raise ValueError(f"score={score!r}; expected one of {SCORES} (env.kwargs.score)")
         self.expert = expert
+        self.score_mode = score
+        self._picked_target = False
         self._seen: set = set()
         self._order: list = []
         if speedups:
@@ -183,6 +194,7 @@ class AlfWorldEnv:
         self._task = task
         self._steps = 0
         self._won = bool(self._state["won"])
+        self._picked_target = False
         self._seen = set()
         self._order = _intro_order(self._state.feedback)
         obs = self._state.feedback
@@ -207,6 +219,9 @@ class AlfWorldEnv:
             self._note_seen()
         was_won = self._won
         self._won = self._won or bool(self._state["won"])
+        m = _PICK_RE.match((self._state.feedback or "").strip())
+        if m and m.group("o").lower() == str((self._task.payload.get("pddl_params") or {}).get("object_target", "")).lower():
+            self._picked_target = True
         reward = 1.0 if (self._won and not was_won) else 0.0
         info = self._info()
         truncated = self.max_steps is not None and self._steps >= self.max_steps and not self._won
@@ -460,7 +475,7 @@ class AlfWorldEnv:
             "goal": self.goal,
             "gamefile": self._loaded,
             "steps": self._steps,
-        }, won=won, score=1.0 if won else 0.0)
+        }, won=won, score=1.0 if won else (0.5 if self.score_mode == "progress" and self._picked_target else 0.0))
 
 
 def _intro_order(intro: str) -> list:

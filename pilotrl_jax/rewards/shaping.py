@@ -2,13 +2,18 @@
 
 All pure NumPy functions over per-episode arrays. The total is one scalar per episode, placed on
 the episode's last policy token by the trainer:
-    r = outcome + format_term + overlong_term + plan_weight * plan_term
+    r = outcome + format_term + overlong_term + invalid_term + plan_weight * plan_term
 - outcome: 1/0 for won (`outcome="won"`) or the engine's graded score in [0, 1] (`outcome="score"`).
 - format_term: `format_penalty` (paper: -0.1) once when the episode had any format error
   (`format_mode="any"`), or per error, floored at `format_floor` (`format_mode="per_error"`).
 - overlong_term (DAPO): min(-(L - (Lmax - B)) / B, 0), L = response tokens of the episode
   (everything after the first prompt span: policy + observation tokens, as the sampler's budget
   counts them). With `overlong_clip` (DAPO's own choice) it is floored at -1 for L > Lmax.
+- invalid_term (ours, off by default): `invalid_action_penalty` per wasted turn, floored at
+  `invalid_action_floor`; a wasted turn is an action the environment rejected (its observation has a
+  failure marker such as ALFWorld's "Nothing happens.") or a turn with a format error. A common
+  shaping in agent RL (verl-agent penalises invalid actions): it separates failed episodes that
+  looped on rejected commands from failed episodes that kept acting sensibly.
 - plan_term: the judge's normalized plan score in [0, 1] (or the raw 1..5 with `plan_scale="raw"`).
   Where the judgement failed (ok False / missing) the term is dropped for that episode (0) and the
   episode is counted in `judge_failures`; it is never scored as a bad plan.
@@ -37,6 +42,8 @@ class RewardConfig:
     max_response_len: int = 14336  # Lmax (response tokens)
     overlong_buffer: int = 3072  # B
     overlong_clip: bool = True  # floor the overlong term at -1 (L > Lmax)
+    invalid_action_penalty: float = 0.0  # per wasted turn (rejected action or format error); 0 disables
+    invalid_action_floor: float = -0.5  # the invalid-action term never goes below this
     plan_weight: float = 0.0  # stage 2: > 0 adds plan_weight * plan score
     plan_scale: str = "unit"  # "unit": normalized [0, 1]; "raw": 1..5
 
@@ -54,6 +61,9 @@ class RewardConfig:
                 f"RewardConfig overlong_buffer={self.overlong_buffer}, max_response_len={self.max_response_len}; "
                 "expected 0 < overlong_buffer <= max_response_len (paper: 3072 and 14336)"
             )
+        if self.invalid_action_penalty > 0 or self.invalid_action_floor > 0:
+            raise ValueError(f"RewardConfig.invalid_action_penalty={self.invalid_action_penalty}, invalid_action_floor="
+                             f"{self.invalid_action_floor}; both must be <= 0 (a penalty, e.g. -0.05 and -0.5)")
         if self.plan_weight < 0:
             raise ValueError(f"RewardConfig.plan_weight={self.plan_weight}; expected >= 0 (0 disables the plan term)")
 
@@ -69,6 +79,7 @@ class EpisodeSummary:
     plan_score: Optional[float] = None  # normalized [0, 1] judge score, None when not judged
     plan_score_raw: Optional[float] = None  # 1..5
     judge_ok: Optional[bool] = None  # None: not judged; False: the judgement failed
+    invalid_actions: int = 0  # wasted turns: actions the environment rejected, plus format errors
 
 
 def summarize_episode(episode: Any, judgement: Any = None) -> EpisodeSummary:
@@ -87,8 +98,17 @@ def summarize_episode(episode: Any, judgement: Any = None) -> EpisodeSummary:
         kw = dict(judge_ok=bool(judgement.ok))
         if judgement.ok:
             kw.update(plan_score=float(judgement.score_norm), plan_score_raw=float(judgement.score))
+    rejected = sum(1 for s in spans[first + 1:] if s.kind == SpanKind.OBSERVATION and rejected_action(s.text))
     return EpisodeSummary(won=won, score=float(info.get("score", float(won))), format_errors=int(episode.format_errors),
-                          response_len=response_len, **kw)
+                          response_len=response_len, invalid_actions=rejected + int(episode.format_errors), **kw)
+
+
+def rejected_action(observation: str) -> bool:
+    """Whether an observation says the environment rejected the action (a failure marker)."""
+    from pilotrl_jax.rewards.grounded import DEFAULT_FAILURE_MARKERS
+
+    low = observation.lower()
+    return any(m in low for m in DEFAULT_FAILURE_MARKERS)
 
 
 def outcome_reward(won: np.ndarray, score: np.ndarray, outcome: str = "won") -> np.ndarray:
@@ -119,6 +139,12 @@ def overlong_term(lengths: np.ndarray, max_len: int = 14336, buffer: int = 3072,
     if clip:
         r = np.maximum(r, -1.0)
     return r.astype(np.float32)
+
+
+def invalid_term(invalid_actions: np.ndarray, penalty: float = 0.0, floor: float = -0.5) -> np.ndarray:
+    """`penalty` per wasted turn, floored at `floor` (0 everywhere when `penalty` is 0)."""
+    n = np.asarray(invalid_actions, np.float32)
+    return np.maximum(n * np.float32(penalty), np.float32(floor)).astype(np.float32)
 
 
 def _as_summaries(episodes: Sequence[Any]) -> list[EpisodeSummary]:
@@ -158,8 +184,8 @@ def compute_rewards(episodes: Sequence[Any], cfg: RewardConfig = RewardConfig())
     score = np.array([e.score for e in eps], np.float32)
     ferr = np.array([e.format_errors for e in eps], np.int64)
     lens = np.array([e.response_len for e in eps], np.int64)
-    if n and (ferr.min() < 0 or lens.min() < 0):
-        raise ValueError("format_errors and response_len must be >= 0 for every episode")
+    if n and (ferr.min() < 0 or lens.min() < 0 or min(e.invalid_actions for e in eps) < 0):
+        raise ValueError("format_errors, response_len and invalid_actions must be >= 0 for every episode")
     outcome = outcome_reward(won, score, cfg.outcome)
     fmt = format_term(ferr, cfg.format_penalty, cfg.format_mode, cfg.format_floor)
     over = (overlong_term(lens, cfg.max_response_len, cfg.overlong_buffer, cfg.overlong_clip)
@@ -172,7 +198,9 @@ def compute_rewards(episodes: Sequence[Any], cfg: RewardConfig = RewardConfig())
         raw_plan = np.array([(e.plan_score_raw if e.plan_score_raw is not None else 1 + 4 * e.plan_score) if ok else 0.0
                              for e, ok in zip(eps, plan_ok)], np.float32)
     plan = (np.float32(cfg.plan_weight) * raw_plan) if cfg.plan_weight > 0 else np.zeros(n, np.float32)
-    reward = (outcome + fmt + over + plan).astype(np.float32)
+    invalid_n = np.array([e.invalid_actions for e in eps], np.int64)
+    invalid = invalid_term(invalid_n, cfg.invalid_action_penalty, cfg.invalid_action_floor)
+    reward = (outcome + fmt + over + invalid + plan).astype(np.float32)
     failures = int((judged & ~plan_ok).sum())
 
     def mean(x, m=None):
@@ -187,6 +215,8 @@ def compute_rewards(episodes: Sequence[Any], cfg: RewardConfig = RewardConfig())
         "reward/format": mean(fmt),
         "reward/overlong": mean(over),
         "reward/plan": mean(plan),
+        "reward/invalid": mean(invalid),
+        "reward/invalid_actions": mean(invalid_n),
         "reward/success_rate": mean(won),
         "reward/format_error_rate": mean(ferr > 0),
         "reward/overlong_rate": mean(over < 0),
@@ -194,5 +224,5 @@ def compute_rewards(episodes: Sequence[Any], cfg: RewardConfig = RewardConfig())
         "reward/judged": int(judged.sum()),
         "reward/judge_failures": failures,
     }
-    comps = dict(outcome=outcome, format=fmt, overlong=over, plan=plan, plan_ok=plan_ok)
+    comps = dict(outcome=outcome, format=fmt, overlong=over, invalid=invalid, plan=plan, plan_ok=plan_ok)
     return RewardBatch(reward=reward, components=comps, metrics=metrics)

@@ -421,3 +421,33 @@ def test_search_expert_in_full_rooms_and_its_plan_feeds_the_writers(games):
         env.close()
     with pytest.raises(ValueError, match="expert"):
         AlfWorldEnv(expert="oracle")
+
+
+def test_progress_score_credits_taking_the_goal_object(small_games):
+    _, tasks = small_games
+    env, plain = AlfWorldEnv(expert="search", score="progress"), AlfWorldEnv(expert="search")
+    try:
+        for task in tasks["heldout"][:4]:
+            obj = task.payload["pddl_params"]["object_target"].lower()
+            env.reset(task)
+            plain.reset(task)
+            scores, plain_scores, took = [], [], None
+            for _ in range(30):
+                cmd = env.expert_actions()[0]
+                res, res_plain = env.step(cmd), plain.step(cmd)
+                scores.append(res.info["score"])
+                plain_scores.append(res_plain.info["score"])
+                if cmd.startswith(f"take {obj} ") and took is None:
+                    took = len(scores) - 1
+                if res.info["won"]:
+                    break
+            assert took is not None and res.info["won"], (task.task_id, scores)
+            assert scores[:took] == [0.0] * took and set(scores[took:-1]) <= {0.5} and scores[-1] == 1.0, scores
+            assert plain_scores == [0.0] * (len(scores) - 1) + [1.0]  # the default score is won/lost
+            env.reset(task)
+            assert env.step(f"take {obj} 1 from nowhere 1").info["score"] == 0.0  # rejected: no credit
+    finally:
+        env.close()
+        plain.close()
+    with pytest.raises(ValueError, match="env.kwargs.score"):
+        AlfWorldEnv(score="partial")

@@ -99,3 +99,33 @@ def test_empty_batch_and_bad_inputs():
         compute_rewards([1.0])
     with pytest.raises(ValueError, match=">= 0"):
         compute_rewards([dict(won=True, response_len=-1)])
+
+
+def test_invalid_action_term_counts_rejected_actions_and_format_errors():
+    from pilotrl_jax.agent.spans import Span, SpanKind
+    from pilotrl_jax.rewards.shaping import invalid_term, rejected_action, summarize_episode
+
+    np.testing.assert_allclose(invalid_term([0, 1, 4, 30], -0.05, -0.5), [0, -0.05, -0.2, -0.5], rtol=1e-6)
+    np.testing.assert_array_equal(invalid_term([0, 3], 0.0, -0.5), [0, 0])
+    assert rejected_action("Nothing happens.") and not rejected_action("You arrive at desk 1.")
+
+    class Ep:  # the fields summarize_episode reads from an AgentEpisode
+        final_info = {"won": False}
+        status = "max_turns"
+        format_errors = 1
+        spans = [Span(SpanKind.PROMPT, [1, 2], text="task: you see nothing happens here"),
+                 Span(SpanKind.ACTION, [3]), Span(SpanKind.OBSERVATION, [4], text="Nothing happens."),
+                 Span(SpanKind.ACTION, [5]), Span(SpanKind.OBSERVATION, [6], text="You arrive at desk 1."),
+                 Span(SpanKind.ACTION, [7]), Span(SpanKind.OBSERVATION, [8], text="Observation: Nothing happens.")]
+
+    s = summarize_episode(Ep())
+    assert s.invalid_actions == 3  # two rejected actions (the prompt does not count) + one format error
+    cfg = RewardConfig(invalid_action_penalty=-0.05, format_penalty=0.0, overlong=False)
+    out = compute_rewards([s, dict(won=True), dict(won=False, invalid_actions=40)], cfg)
+    np.testing.assert_allclose(out.reward, [-0.15, 1.0, -0.5], rtol=1e-6)
+    np.testing.assert_allclose(out.metrics["reward/invalid_actions"], (3 + 0 + 40) / 3)
+    assert compute_rewards([s], RewardConfig()).reward[0] == np.float32(-0.1)  # off by default: format term only
+    with pytest.raises(ValueError, match="invalid_action_penalty"):
+        RewardConfig(invalid_action_penalty=0.05)
+    with pytest.raises(ValueError, match="invalid_actions"):
+        compute_rewards([dict(won=True, invalid_actions=-1)])

@@ -18,6 +18,20 @@ none tuned on the held-out split; settings were compared on generator seed 100 o
 - many small SFT steps (8 episodes each): for the same compute they taught the copying sooner than
   half as many steps of 16 episodes.
 
+RL settings (compared on generator seeds 100 and 101 only, 32 held-out tasks each):
+- `rl.loss_agg_mode="seq-mean-token-mean"`: failed episodes run to the turn limit, so they are about
+  twice as long as won ones; under token-mean the format tokens every turn repeats then get a net
+  negative push from each GRPO group (tests/rl/test_losses.py shows it), and RL raised the share of
+  episodes with a format error at every step (to 90-100% with 4 PPO epochs). Averaging each
+  episode's tokens first removes the bias; the format-error share then falls during RL;
+- `rl.warmup_steps=8`: Adam's first update moves every weight by the full lr; at lr 5e-4 without
+  warmup one update gave a k3 KL of 0.4 to the sampling policy and broke the format;
+- `reward.invalid_action_penalty=-0.05` per wasted turn (rejected command or format error), floored
+  at -0.5, and the ALFWorld progress score (`env.kwargs.score="progress"`, `reward.outcome="score"`):
+  0.5 for taking the goal object, so groups with no win still carry a signal;
+- `agent.token_budget=1024`: no won episode in any evaluation was longer than 880 tokens; a fixed
+  1024-token PPO batch is never recompiled and costs half of a 2048 one.
+
 The warm-start budget is `stages.sft.steps` (SFT steps of `sft.batch_size` episodes at `stages.sft.lr`).
 """
 from pilotrl_jax.train.config import base_config
@@ -33,6 +47,7 @@ def get_config(arg: str = ""):
     c.env.num_eval_tasks = 16
     c.env.room_size = "few"
     c.env.kwargs.expert = "search"
+    c.env.kwargs.score = "progress"  # 0.5 for taking the goal object, 1 for success (RL reward below)
     c.model.hidden_size = 128
     c.model.intermediate_size = 384
     c.model.num_layers = 2
@@ -47,12 +62,16 @@ def get_config(arg: str = ""):
     c.agent.max_turns = 12
     c.agent.max_plan_tokens = 96
     c.agent.max_action_tokens = 48
-    c.agent.token_budget = 2048
+    c.agent.token_budget = 1024
     c.rollout.tasks_per_step = 4
     c.rollout.group_size = 4
     c.rl.num_mini_batches = 2
-    c.reward.max_response_len = 2048
-    c.reward.overlong_buffer = 512
+    c.reward.outcome = "score"
+    c.reward.invalid_action_penalty = -0.05
+    c.reward.max_response_len = 1024
+    c.reward.overlong_buffer = 128
+    c.rl.warmup_steps = 8
+    c.rl.loss_agg_mode = "seq-mean-token-mean"
     c.eval.num_tasks = 16
     c.eval.modes = "adaplan"
     c.sft.batch_size = 8
@@ -63,6 +82,6 @@ def get_config(arg: str = ""):
     c.stages.stage2.steps = 2
     c.stages.stage3.steps = 12
     for s in ("stage1", "stage2", "stage3"):
-        c.stages[s].lr = 5e-4
+        c.stages[s].lr = 3e-4
     c.pipeline = arg or "sft,stage1,stage2,stage3"
     return c

@@ -135,3 +135,27 @@ def test_clipped_value_loss():
     np.testing.assert_allclose(M.finalize(met)["vf_clipfrac"], ((vc - ret) ** 2 > (v - ret) ** 2)[sel].mean(), rtol=1e-6)
     loss2, _ = L.clipped_value_loss(v, old, ret, m, None)
     np.testing.assert_allclose(float(loss2), (0.5 * (v - ret) ** 2 * m).sum() / m.sum(), rtol=1e-5)
+
+
+def test_token_mean_pushes_down_tokens_every_episode_shares_when_failures_are_longer():
+    """Why multi-turn configs use seq-mean-token-mean: a GRPO group whose failed episodes are longer
+    (they run to the turn limit) gives the format tokens every turn repeats a net negative push under
+    token-mean, and none when each episode's tokens are averaged first."""
+    import jax
+    import jax.numpy as jnp
+
+    # one won episode of 6 turns (A=+1.5) and three failed ones of 12 turns (A=-0.5): the group's
+    # advantages sum to zero; every turn has one shared format token (say "</action>") at logp 0.
+    turns = [6, 12, 12, 12]
+    adv_per_ep = [1.5, -0.5, -0.5, -0.5]
+    T = max(turns)
+    mask = jnp.array([[1.0] * n + [0.0] * (T - n) for n in turns])
+    adv = jnp.array([[a] * T for a in adv_per_ep])
+
+    def grad_of_shared_token(mode):
+        f = lambda lp: L.ppo_policy_loss(lp, jnp.zeros_like(lp), adv, mask, agg_mode=mode)[0]
+        g = jax.grad(f)(jnp.zeros((4, T)))
+        return float((g * mask).sum())  # d loss / d logp, summed over the shared token's occurrences
+
+    assert grad_of_shared_token("token-mean") > 0.05  # descent lowers the shared token's log-prob
+    assert abs(grad_of_shared_token("seq-mean-token-mean")) < 1e-6

@@ -171,6 +171,15 @@ def episode_summary(e, judgement):
     return summarize_episode(e.agent, judgement)
 
 
+def check_rollout(episodes, stage: str, step: int) -> None:
+    """Raise when every episode of a training step failed in its environment (e.g. a full disk):
+    such a batch has no signal, and training on would silently waste the rest of the stage."""
+    if episodes and all(e.status == "env_error" for e in episodes):
+        raise RuntimeError(f"[{stage}] step {step + 1}: all {len(episodes)} episodes failed in their environment "
+                           f"(first: {episodes[0].error}); fix the environment (disk space, engine install) and "
+                           "rerun the same command to resume from the last checkpoint")
+
+
 def rollout_metrics(batch, rewards) -> dict:
     """Flat metrics of one rollout batch and its rewards."""
     s = batch.summary()
@@ -265,6 +274,7 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
             [tasks[g] for g in plan.groups])  # this host's groups (all of them on one host)
         for e in batch.episodes:
             e.group_id = plan.groups[e.group_id]  # the group's index in the step: global GRPO group ids
+        check_rollout(batch.episodes, st.name, step)
         t_roll = time.perf_counter() - t0
         judgements = [None] * len(batch.episodes)
         judge_stats = {}

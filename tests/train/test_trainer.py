@@ -226,3 +226,16 @@ def test_evidence_table_summary():
     assert [(x["model"], x["mode"]) for x in summ] == [("warm_start", "react"), ("stage3", "adaplan")]
     assert summ[0]["mean"] == pytest.approx(0.3) and summ[0]["std"] == pytest.approx(0.1) and summ[0]["seeds"] == 2
     assert "30.0 ± 10.0" in format_summary(summ)
+
+
+def test_a_step_whose_every_episode_hit_an_env_error_stops_the_stage():
+    from pilotrl_jax.rollout.batch import EpisodeResult
+
+    def ep(status, error=None):
+        return EpisodeResult(task_id="t", group_id=0, sample=0, seed=0, status=status, score=0.0, won=False,
+                             format_errors=0, num_turns=0, error=error)
+
+    T.check_rollout([ep("env_error", "OSError: [Errno 28] No space left on device")] * 3 + [ep("max_turns")], "stage3", 2)
+    T.check_rollout([], "stage3", 0)
+    with pytest.raises(RuntimeError, match=r"\[stage3\] step 3: all 2 episodes.*No space left.*rerun the same command"):
+        T.check_rollout([ep("env_error", "OSError: [Errno 28] No space left on device")] * 2, "stage3", 2)

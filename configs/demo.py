@@ -21,9 +21,9 @@ none tuned on the held-out split; settings were compared on generator seed 100 o
 RL settings (compared on generator seeds 100 and 101 only, 32 held-out tasks each):
 - `rl.loss_agg_mode="seq-mean-token-mean"`: failed episodes run to the turn limit, so they are about
   twice as long as won ones; under token-mean the format tokens every turn repeats then get a net
-  negative push from each GRPO group (tests/rl/test_losses.py shows it), and RL raised the share of
-  episodes with a format error at every step (to 90-100% with 4 PPO epochs). Averaging each
-  episode's tokens first removes the bias; the format-error share then falls during RL;
+  negative push from each GRPO group (tests/rl/test_losses.py shows it); with 4 PPO epochs 90-100%
+  of the training episodes had a format error. Averaging each
+  episode's tokens first removes the bias (on seed 101 the format-error share then fell during RL);
 - `rl.warmup_steps=8`: Adam's first update moves every weight by the full lr; at lr 5e-4 without
   warmup one update gave a k3 KL of 0.4 to the sampling policy and broke the format;
 - `reward.invalid_action_penalty=-0.05` per wasted turn (rejected command or format error), floored

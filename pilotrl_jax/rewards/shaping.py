@@ -11,9 +11,10 @@ the episode's last policy token by the trainer:
   counts them). With `overlong_clip` (DAPO's own choice) it is floored at -1 for L > Lmax.
 - invalid_term (ours, off by default): `invalid_action_penalty` per wasted turn, floored at
   `invalid_action_floor`; a wasted turn is an action the environment rejected (its observation has a
-  failure marker such as ALFWorld's "Nothing happens.") or a turn with a format error. A common
-  shaping in agent RL (verl-agent penalises invalid actions): it separates failed episodes that
-  looped on rejected commands from failed episodes that kept acting sensibly.
+  failure marker such as ALFWorld's "Nothing happens.") or a turn with a format error. Agent RL
+  code bases penalise actions they cannot parse (verl-agent); this also counts the commands the
+  environment rejects, so it separates failed episodes that looped on rejected commands from
+  failed episodes that kept acting sensibly.
 - plan_term: the judge's normalized plan score in [0, 1] (or the raw 1..5 with `plan_scale="raw"`).
   Where the judgement failed (ok False / missing) the term is dropped for that episode (0) and the
   episode is counted in `judge_failures`; it is never scored as a bad plan.

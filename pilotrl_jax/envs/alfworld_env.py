@@ -145,6 +145,7 @@ class AlfWorldEnv:
             raise ValueError(f"score={score!r}; expected one of {SCORES} (env.kwargs.score)")
         self.expert = expert
         self.score_mode = score
+        self._target_word = ""  # the goal object's name as observations write it ("cellphone")
         self._picked_target = False
         self._seen: set = set()
         self._order: list = []
@@ -195,6 +196,7 @@ class AlfWorldEnv:
         self._steps = 0
         self._won = bool(self._state["won"])
         self._picked_target = False
+        self._target_word = str((task.payload.get("pddl_params") or {}).get("object_target", "")).lower()
         self._seen = set()
         self._order = _intro_order(self._state.feedback)
         obs = self._state.feedback
@@ -219,9 +221,9 @@ class AlfWorldEnv:
             self._note_seen()
         was_won = self._won
         self._won = self._won or bool(self._state["won"])
-        m = _PICK_RE.match((self._state.feedback or "").strip())
-        if m and m.group("o").lower() == str((self._task.payload.get("pddl_params") or {}).get("object_target", "")).lower():
-            self._picked_target = True
+        if self.score_mode == "progress" and not self._picked_target:
+            m = _PICK_RE.match((self._state.feedback or "").strip())
+            self._picked_target = bool(m) and m.group("o").lower() == self._target_word
         reward = 1.0 if (self._won and not was_won) else 0.0
         info = self._info()
         truncated = self.max_steps is not None and self._steps >= self.max_steps and not self._won

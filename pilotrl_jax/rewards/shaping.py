@@ -26,6 +26,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from pilotrl_jax.rewards.grounded import DEFAULT_FAILURE_MARKERS
+
 OUTCOMES = ("won", "score")
 FORMAT_MODES = ("any", "per_error")
 PLAN_SCALES = ("unit", "raw")
@@ -106,8 +108,6 @@ def summarize_episode(episode: Any, judgement: Any = None) -> EpisodeSummary:
 
 def rejected_action(observation: str) -> bool:
     """Whether an observation says the environment rejected the action (a failure marker)."""
-    from pilotrl_jax.rewards.grounded import DEFAULT_FAILURE_MARKERS
-
     low = observation.lower()
     return any(m in low for m in DEFAULT_FAILURE_MARKERS)
 

@@ -97,6 +97,27 @@ def _worker_main(conn, factory, kwargs: dict, new_session: bool) -> None:
     conn.close()
 
 
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Wait (at most `timeout` s) until no running process is left in group `pgid` (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = False
+        for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                live = True
+                break
+        if not live:
+            return
+        time.sleep(0.05)
+
+
 class ProcessEnv:
     """A TextEnv that lives in a subprocess; crashes and hangs raise EnvError, restart() revives it.
 
@@ -220,6 +241,8 @@ class ProcessEnv:
         with contextlib.suppress(Exception):
             proc.kill()
         proc.join(timeout=5)
+        if self.new_session and not reaped:
+            _wait_group_gone(proc.pid, timeout=2.0)  # SIGKILL is delivered, not yet acted on, by a busy JVM
 
     def close(self) -> None:
         """Ask the env to close, then stop the worker (killing it if it does not answer)."""

@@ -47,6 +47,7 @@ class RewardConfig:
     overlong_clip: bool = True  # floor the overlong term at -1 (L > Lmax)
     invalid_action_penalty: float = 0.0  # per wasted turn (rejected action or format error); 0 disables
     invalid_action_floor: float = -0.5  # the invalid-action term never goes below this
+    wasted_turn_advantage: float = 0.0  # added to the advantage of each token of a wasted turn; 0 disables
     plan_weight: float = 0.0  # stage 2: > 0 adds plan_weight * plan score
     plan_scale: str = "unit"  # "unit": normalized [0, 1]; "raw": 1..5
 
@@ -67,6 +68,9 @@ class RewardConfig:
         if self.invalid_action_penalty > 0 or self.invalid_action_floor > 0:
             raise ValueError(f"RewardConfig.invalid_action_penalty={self.invalid_action_penalty}, invalid_action_floor="
                              f"{self.invalid_action_floor}; both must be <= 0 (a penalty, e.g. -0.05 and -0.5)")
+        if self.wasted_turn_advantage > 0:
+            raise ValueError(f"RewardConfig.wasted_turn_advantage={self.wasted_turn_advantage}; expected <= 0 "
+                             "(a penalty on the wasted turn's own tokens, e.g. -0.5; 0 disables)")
         if self.plan_weight < 0:
             raise ValueError(f"RewardConfig.plan_weight={self.plan_weight}; expected >= 0 (0 disables the plan term)")
 
@@ -104,6 +108,38 @@ def summarize_episode(episode: Any, judgement: Any = None) -> EpisodeSummary:
     rejected = sum(1 for s in spans[first + 1:] if s.kind == SpanKind.OBSERVATION and rejected_action(s.text))
     return EpisodeSummary(won=won, score=float(info.get("score", float(won))), format_errors=int(episode.format_errors),
                           response_len=response_len, invalid_actions=rejected + int(episode.format_errors), **kw)
+
+
+def wasted_turns(episode: Any) -> list[bool]:
+    """One flag per ACTION span of an `AgentEpisode` (span order): True when that turn was wasted, i.e.
+    it broke the format or the environment rejected its command (the next observation has a failure marker)."""
+    from pilotrl_jax.agent.spans import SpanKind
+
+    spans = list(getattr(episode, "spans", None) or [])
+    executor = [t for t in getattr(episode, "turns", []) if t.kind == SpanKind.ACTION]
+    actions = [i for i, s in enumerate(spans) if s.kind == SpanKind.ACTION]
+    if len(executor) != len(actions):
+        raise ValueError(f"episode has {len(actions)} action spans but {len(executor)} executor turns; "
+                         "wasted_turns needs an AgentEpisode built by add_policy_output")
+    flags = []
+    for k, i in enumerate(actions):
+        nxt = next((s for s in spans[i + 1:] if s.kind in (SpanKind.OBSERVATION, SpanKind.ACTION)), None)
+        rejected = nxt is not None and nxt.kind == SpanKind.OBSERVATION and rejected_action(nxt.text)
+        flags.append(bool(executor[k].format_error) or rejected)
+    return flags
+
+
+def wasted_turn_token_values(episode: Any, value: float) -> np.ndarray:
+    """Per-token array over the episode's flattened spans (`flatten_spans` order): `value` on every token
+    of a wasted turn's ACTION span (see `wasted_turns`), 0 elsewhere."""
+    from pilotrl_jax.agent.spans import SpanKind
+
+    flags = iter(wasted_turns(episode))
+    out = []
+    for s in episode.spans:
+        v = float(value) if s.kind == SpanKind.ACTION and next(flags) else 0.0
+        out.extend([v] * len(s.token_ids))
+    return np.asarray(out, np.float32)
 
 
 def rejected_action(observation: str) -> bool:

@@ -420,7 +420,8 @@ def make_advantage_fn(cfg: PPOConfig) -> CountingJit:
     """Jitted `advantage_fn(batch) -> (advantages [B, T], returns [B, T] or None)` for cfg.advantage_estimator.
 
     Outcome estimators read batch['scores'] [B] and batch['group_ids'] [B]; GAE reads
-    batch['token_rewards'] [B, T] (or places batch['scores'] on the last trained token) and batch['values']."""
+    batch['token_rewards'] [B, T] (or places batch['scores'] on the last trained token) and batch['values'];
+    batch['token_advantages'] [B, T], when given, is added on trained tokens (before whitening)."""
 
     def fn(batch):
         mask = batch["loss_mask"]
@@ -437,6 +438,8 @@ def make_advantage_fn(cfg: PPOConfig) -> CountingJit:
             if rewards is None:
                 rewards = masks_lib.place_episode_rewards(batch["scores"], mask)
             adv, ret = adv_lib.gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
+        if "token_advantages" in batch:  # turn-level credit (e.g. a wasted turn's own tokens), added as is
+            adv = adv + batch["token_advantages"] * mask
         if cfg.whiten_advantages:
             adv = adv_lib.whiten(adv, mask)
         return adv, ret
@@ -601,7 +604,7 @@ class PPOFunctions:
 
         rollout: input_ids, attention_mask, loss_mask (or kind_ids + trained_kinds applied by the
         caller), sampler_logprobs (optional), and scores [B] + group_ids [B] (grpo/rloo) or
-        scores [B] / token_rewards [B, T] (gae)."""
+        scores [B] / token_rewards [B, T] (gae); token_advantages [B, T] (optional) is added to the advantages."""
         cfg = self.cfg
         ids_keys = ("input_ids", "attention_mask") + (("positions",) if "positions" in rollout else ())
         model_in = {k: rollout[k] for k in ids_keys}
@@ -611,7 +614,7 @@ class PPOFunctions:
             out["sampler_logprobs"] = rollout["sampler_logprobs"]
         out["old_logprobs"] = self.logprobs(state.params, model_in)
         adv_in = {"loss_mask": out["loss_mask"]}
-        for k in ("scores", "group_ids", "token_rewards"):
+        for k in ("scores", "group_ids", "token_rewards", "token_advantages"):
             if k in rollout:
                 adv_in[k] = jnp.asarray(rollout[k])
         if cfg.needs_ref:

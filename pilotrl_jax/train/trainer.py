@@ -202,14 +202,31 @@ def rollout_metrics(batch, rewards) -> dict:
     return out
 
 
-def training_batch(arr: dict, trained_spans, rewards: np.ndarray) -> dict:
-    """The PPO input of a rollout: token arrays, the stage's loss mask (from span kinds), scores."""
-    return {
+def training_batch(arr: dict, trained_spans, rewards: np.ndarray, token_advantages: Optional[np.ndarray] = None) -> dict:
+    """The PPO input of a rollout: token arrays, the stage's loss mask (from span kinds), scores, and
+    optional per-token advantage terms [B, T]."""
+    out = {
         "input_ids": arr["input_ids"], "attention_mask": arr["attention_mask"],
         "loss_mask": np.asarray(masks_lib.loss_mask(arr["kind_ids"], trained_spans)),
         "sampler_logprobs": arr["sampler_logprobs"], "scores": np.asarray(rewards, np.float32),
         "group_ids": arr["group_ids"],
     }
+    if token_advantages is not None:
+        out["token_advantages"] = np.asarray(token_advantages, np.float32)
+    return out
+
+
+def wasted_turn_advantages(episodes, T: int, value: float) -> np.ndarray:
+    """[B, T] per-token advantage terms: `value` on the tokens of each episode's wasted turns (a rejected
+    command or a format error; `rewards.shaping.wasted_turns`), 0 elsewhere and on episodes without an agent."""
+    from pilotrl_jax.rewards.shaping import wasted_turn_token_values
+
+    out = np.zeros((len(episodes), T), np.float32)
+    for b, e in enumerate(episodes):
+        if e.agent is not None:
+            v = wasted_turn_token_values(e.agent, value)
+            out[b, :len(v)] = v
+    return out
 
 
 def params_checksum(params) -> float:
@@ -290,7 +307,9 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
             arr = batch.to_arrays(pad_to=multihost.agreed_length(max(e.length for e in batch.episodes)))
         else:
             arr = batch.to_arrays()
-        rollout = training_batch(arr, st.trained_spans, rewards.reward)
+        credit = st.reward.wasted_turn_advantage
+        rollout = training_batch(arr, st.trained_spans, rewards.reward,
+                                 wasted_turn_advantages(batch.episodes, arr["input_ids"].shape[1], credit) if credit else None)
         if multihost.is_multihost():
             rollout = multihost.global_training_batch(rollout, plan, ctx.mesh)
         t1 = time.perf_counter()

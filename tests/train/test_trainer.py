@@ -239,3 +239,38 @@ def test_a_step_whose_every_episode_hit_an_env_error_stops_the_stage():
     T.check_rollout([], "stage3", 0)
     with pytest.raises(RuntimeError, match=r"\[stage3\] step 3: all 2 episodes.*No space left.*rerun the same command"):
         T.check_rollout([ep("env_error", "OSError: [Errno 28] No space left on device")] * 2, "stage3", 2)
+
+
+def test_wasted_turn_credit_lands_on_the_wasted_turns_trained_tokens(tmp_path):
+    """A real rollout of the untrained model (most turns malformed): the per-token credit sits only on
+    ACTION tokens of wasted turns, and prepare() adds it to exactly the trained ones."""
+    from pilotrl_jax.rewards.shaping import wasted_turns
+    from pilotrl_jax.rollout import RolloutRunner, SamplerPolicy
+    from pilotrl_jax.train.evaluation import make_engine, rollout_config
+
+    cfg = micro_config("stage3")
+    ctx = S.build_context(cfg, str(tmp_path))
+    st = C.resolve_stage(cfg, "stage3")
+    params = ctx.load_base_params()
+    rc = rollout_config(ctx, group_size=4, mode=st.mode, replan=st.replan, temperature=1.0, top_p=1.0, seed=5,
+                        progress=False)
+    batch = RolloutRunner(SamplerPolicy(make_engine(ctx, params, 8, 0)), ctx.env_factory, ctx.tokenizer,
+                          rc).run(ctx.train_tasks[:2])
+    arr = batch.to_arrays()
+    credit = T.wasted_turn_advantages(batch.episodes, arr["input_ids"].shape[1], -0.5)
+    flagged = credit != 0
+    assert flagged.any()
+    assert (arr["kind_ids"][flagged] == int(SpanKind.ACTION)).all()
+    for b, e in enumerate(batch.episodes):  # one run of flagged tokens per wasted turn, none elsewhere
+        runs = int(np.sum(np.diff(np.concatenate([[0], flagged[b].astype(int)])) == 1))
+        assert runs == sum(wasted_turns(e.agent))
+
+    rewards = np.arange(len(batch.episodes), dtype=np.float32)
+    fns = ppo.build(ctx.model_cfg, st.ppo, None, donate=False)
+    state = ppo.init_train_state(ctx.model_cfg, st.ppo, params, jax.random.PRNGKey(0))
+    plain = fns.prepare(state, T.training_batch(arr, st.trained_spans, rewards))
+    with_credit = fns.prepare(state, T.training_batch(arr, st.trained_spans, rewards, credit))
+    delta = np.asarray(with_credit["advantages"]) - np.asarray(plain["advantages"])
+    mask = np.asarray(plain["loss_mask"]) > 0
+    np.testing.assert_allclose(delta, np.where(mask, credit, 0.0), atol=1e-6)
+    assert (delta[mask] != 0).any()

@@ -15,6 +15,9 @@ the episode's last policy token by the trainer:
   code bases penalise actions they cannot parse (verl-agent); this also counts the commands the
   environment rejects, so it separates failed episodes that looped on rejected commands from
   failed episodes that kept acting sensibly.
+- wasted-turn credit (ours, off by default; not part of r): `wasted_turn_advantage` is added by the
+  trainer to the advantage of every token of a wasted turn (`wasted_turn_token_values`), so the turn
+  that caused the waste is the one pushed down, not the whole episode.
 - plan_term: the judge's normalized plan score in [0, 1] (or the raw 1..5 with `plan_scale="raw"`).
   Where the judgement failed (ok False / missing) the term is dropped for that episode (0) and the
   episode is counted in `judge_failures`; it is never scored as a bad plan.

@@ -20,9 +20,11 @@ else 0.5 once the agent has picked up an object of the goal's type (the first of
 conditions, in the spirit of ALFRED's goal-condition success), else 0. With `reward.outcome="score"`
 RL then also learns from groups in which no episode won.
 
-Speed: the engine re-parses grammar templates with TatSu on every derived command and translates
-the PDDL problem twice on every reset. `install_engine_speedups()` (on by default) memoizes those
-two pure text-to-structure functions (copies are returned, so behaviour is unchanged).
+Speed: the engine re-parses grammar templates with TatSu on every derived command, deep-copies the
+whole game state for every symbol it derives, and translates the PDDL problem twice on every reset.
+`install_engine_speedups()` (on by default) memoizes the pure text-to-structure functions and copies
+only what the text generator changes (tests/envs/test_alfworld.py checks that episodes read the same
+with and without it).
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ def install_engine_speedups() -> None:
             return parse(text, rule_name=rule_name, **kwargs)
         return copy.deepcopy(parse_cache.get_or((text, rule_name), lambda: parse(text, rule_name=rule_name)))
 
-    sas_cache = _LRU(64)
+    sas_cache = _LRU(1024)
     pddl2sas = fast_downward.pddl2sas
 
     def cached_pddl2sas(domain, problem, verbose=False, optimize=False):
@@ -113,6 +115,69 @@ def install_engine_speedups() -> None:
 
     tw_textgen._parse_and_convert = cached_parse
     tw_logic.fast_downward = _FastDownward()
+
+    # Every game file carries the same grammar; loading one parses it with TatSu (~0.15 s a load).
+    logic_parse = tw_logic._parse_and_convert
+    grammar_cache = _LRU(1024)
+
+    def cached_logic_parse(text, rule_name=None, **kwargs):
+        if kwargs.get("trace") or rule_name != "pddlStart":
+            return logic_parse(text, rule_name=rule_name, **kwargs)
+        key = hashlib.sha1(text.encode()).hexdigest()
+        return copy.deepcopy(grammar_cache.get_or(key, lambda: logic_parse(text, rule_name=rule_name)))
+
+    tw_logic._parse_and_convert = cached_logic_parse
+
+    # The text generator copies a symbol's whole context (the game state included) with deepcopy and
+    # re-parses every condition of the grammar with TatSu on every derived sentence. A context's
+    # state, facts and entity infos are only read, and its variables/mapping dicts are only updated
+    # key by key, so shallow dict copies are equivalent; parsed conditions (Rules) are only read.
+    rule_cache = _LRU(4096)
+
+    def parse_query(expr):
+        return rule_cache.get_or(expr, lambda: tw_textgen.Rule.parse_conjunctive_query(expr))
+
+    def copy_context(context):
+        return {"state": context["state"], "facts": context["facts"], "variables": dict(context["variables"]),
+                "mapping": dict(context["mapping"]), "entity_infos": context["entity_infos"]}
+
+    def query(expression, context):
+        contexts = []
+        for mapping in context["state"].all_assignments(parse_query(expression), context["mapping"]):
+            context_ = copy_context(context)
+            context_["variables"].update({ph.name: context_["entity_infos"][var.name] for ph, var in mapping.items()})
+            context_["mapping"].update(mapping)
+            contexts.append(context_)
+        return contexts
+
+    def symbol_copy(self, context):
+        saved, self.context = self.context, {}
+        try:
+            out = copy.deepcopy(self)  # the symbol's own fields; its context is replaced just below
+        finally:
+            self.context = saved
+        out.context = copy_context(context)
+        return out
+
+    def applicable(rule, start):
+        if not rule.condition:
+            return True
+        return any(True for _ in start.context["state"].all_assignments(parse_query(rule.condition), start.context["mapping"]))
+
+    def replace(self, start):
+        rules = self._rules.get(str(start))
+        if not rules:
+            raise tw_textgen.CSGUnknownSymbolError(start)
+        rules = [r for r in rules if applicable(r, start)]
+        symbols = copy.deepcopy(rules[0].rhs)
+        for symbol in symbols:
+            symbol.context = copy_context(start.context)
+        return symbols
+
+    tw_textgen.copy_context = copy_context
+    tw_textgen.query = query
+    tw_textgen.Symbol.copy = symbol_copy
+    tw_textgen.ContextSensitiveGrammar.replace = replace
     _SPEEDUPS["installed"] = True
 
 

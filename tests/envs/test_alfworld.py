@@ -451,3 +451,45 @@ def test_progress_score_credits_taking_the_goal_object(small_games):
         plain.close()
     with pytest.raises(ValueError, match="env.kwargs.score"):
         AlfWorldEnv(score="partial")
+
+
+_TRANSCRIPT = r'''
+import json, random, sys
+from pilotrl_jax.envs.alfworld_env import AlfWorldEnv
+from pilotrl_jax.envs.alfworld_gen import generate_tasks
+speedups = sys.argv[2] == "1"
+env = AlfWorldEnv(speedups=speedups)
+out = []
+for i, task in enumerate(generate_tasks(sys.argv[1], int(sys.argv[3]), int(sys.argv[4]), seed=0)["heldout"][:6]):
+    rng = random.Random(i)
+    obs, info = env.reset(task)
+    lines = [obs, sorted(info["admissible_actions"])]
+    for t in range(8):  # some admissible (valid) commands, some the engine rejects, then the expert
+        cmd = rng.choice(info["admissible_actions"]) if t % 3 else "take the moon from the sky"
+        res = env.step(cmd)
+        info = res.info
+        lines += [cmd, res.observation, sorted(info["admissible_actions"]), info["score"]]
+    for cmd in env.expert_actions() or []:
+        res = env.step(cmd)
+        lines += [cmd, res.observation, res.info["won"]]
+    out.append(lines)
+import textworld.envs.pddl.textgen as tg
+print(json.dumps({"patched": tg.query.__module__ != tg.__name__, "episodes": out}))
+'''
+
+
+def test_engine_speedups_leave_every_observation_unchanged(games):
+    """Episodes (valid, rejected and expert commands) read the same with and without the speedups."""
+    import subprocess
+    import sys
+
+    out, _ = games
+    runs = {}
+    for flag in ("0", "1"):
+        p = subprocess.run([sys.executable, "-c", _TRANSCRIPT, str(out), flag, str(N_TRAIN), str(N_HELDOUT)], capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        runs[flag] = json.loads(p.stdout.strip().splitlines()[-1])
+    assert runs["1"]["patched"] and not runs["0"]["patched"]
+    assert runs["1"]["episodes"] == runs["0"]["episodes"]
+    assert sum(len(e) for e in runs["1"]["episodes"]) > 6 * 30

@@ -35,6 +35,7 @@ from pilotrl_jax.rl import masks as masks_lib
 from pilotrl_jax.rl import metrics as M
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
+OLD_LOGPROBS = ("recompute", "sampler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,9 @@ class PPOConfig:
     loss_agg_mode: str = "token-mean"
     entropy_coef: float = 0.0
     temperature: float = 1.0  # the sampling temperature; log-probs are recomputed under it
+    old_logprobs: str = "recompute"  # recompute: a trainer forward pass before the update; sampler: the
+    # sampler's own log-probs of the sampled tokens (saves that pass; equal when sampler and trainer
+    # run the same weights and numerics, which the ppo/sampler_* metrics of a "recompute" run check)
     logits_chunk_size: Optional[int] = None  # compute LM-head logits this many positions at a time
     # (rematerialised in backward) so [B, T, V] float32 logits never exist at once; None = all at once
     # KL to a frozen reference
@@ -105,6 +109,8 @@ class PPOConfig:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
         if self.logits_chunk_size is not None and self.logits_chunk_size < 1:
             raise ValueError(f"logits_chunk_size={self.logits_chunk_size}; expected a positive int or None")
+        if self.old_logprobs not in OLD_LOGPROBS:
+            raise ValueError(f"old_logprobs={self.old_logprobs!r}; expected one of {OLD_LOGPROBS}")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature}; expected > 0 (the sampling temperature)")
 
@@ -610,9 +616,15 @@ class PPOFunctions:
         model_in = {k: rollout[k] for k in ids_keys}
         out = dict(model_in)
         out["loss_mask"] = jnp.asarray(rollout["loss_mask"], jnp.float32)
-        if "sampler_logprobs" in rollout:
-            out["sampler_logprobs"] = rollout["sampler_logprobs"]
-        out["old_logprobs"] = self.logprobs(state.params, model_in)
+        if cfg.old_logprobs == "sampler":
+            if "sampler_logprobs" not in rollout:
+                raise ValueError("rl.old_logprobs='sampler' needs the rollout's sampler_logprobs; pass them or set "
+                                 "rl.old_logprobs='recompute'")
+            out["old_logprobs"] = jnp.asarray(rollout["sampler_logprobs"], jnp.float32)
+        else:
+            if "sampler_logprobs" in rollout:
+                out["sampler_logprobs"] = rollout["sampler_logprobs"]
+            out["old_logprobs"] = self.logprobs(state.params, model_in)
         adv_in = {"loss_mask": out["loss_mask"]}
         for k in ("scores", "group_ids", "token_rewards", "token_advantages"):
             if k in rollout:
@@ -647,7 +659,8 @@ class PPOFunctions:
 def _step_key(cfg: PPOConfig) -> PPOConfig:
     """cfg with the fields ppo_step does not read set to fixed values (so equal keys share a compiled step)."""
     return dataclasses.replace(cfg, advantage_estimator="gae" if cfg.use_critic else "grpo", grpo_eps=1e-6,
-                               grpo_std="unbiased", gamma=1.0, lam=1.0, whiten_advantages=False)
+                               grpo_std="unbiased", gamma=1.0, lam=1.0, whiten_advantages=False,
+                               old_logprobs="recompute")
 
 
 @functools.lru_cache(maxsize=32)

@@ -274,3 +274,39 @@ def test_wasted_turn_credit_lands_on_the_wasted_turns_trained_tokens(tmp_path):
     mask = np.asarray(plain["loss_mask"]) > 0
     np.testing.assert_allclose(delta, np.where(mask, credit, 0.0), atol=1e-6)
     assert (delta[mask] != 0).any()
+
+
+def test_sampler_old_logprobs_equal_the_recomputed_ones_on_a_real_rollout(tmp_path):
+    """rl.old_logprobs='sampler' skips the trainer's forward pass: on a real rollout the sampler's
+    log-probs match the recomputed ones on every trained token, so the PPO step is the same."""
+    import dataclasses
+
+    from pilotrl_jax.rollout import RolloutRunner, SamplerPolicy
+    from pilotrl_jax.train.evaluation import make_engine, rollout_config
+
+    cfg = micro_config("stage3")
+    ctx = S.build_context(cfg, str(tmp_path))
+    st = C.resolve_stage(cfg, "stage3")
+    params = ctx.load_base_params()
+    rc = rollout_config(ctx, group_size=4, mode=st.mode, replan=st.replan, temperature=st.ppo.temperature,
+                        top_p=1.0, seed=3, progress=False)
+    batch = RolloutRunner(SamplerPolicy(make_engine(ctx, params, 8, 0), st.ppo.temperature), ctx.env_factory,
+                          ctx.tokenizer, rc).run(ctx.train_tasks[:2])
+    tb = T.training_batch(batch.to_arrays(), st.trained_spans, np.arange(8, dtype=np.float32))
+    out = {}
+    for source in ("recompute", "sampler"):
+        pcfg = dataclasses.replace(st.ppo, old_logprobs=source)
+        fns = ppo.build(ctx.model_cfg, pcfg, None, donate=False)
+        state = ppo.init_train_state(ctx.model_cfg, pcfg, params, jax.random.PRNGKey(0))
+        prepared = fns.prepare(state, dict(tb))
+        new_state, metrics = fns.step(state, dict(prepared))
+        out[source] = (np.asarray(prepared["old_logprobs"]), np.asarray(prepared["loss_mask"]) > 0,
+                       np.asarray(jax.device_get(metrics["policy_loss"]), np.float64), _leaves(new_state.params))
+    (rec, mask, loss_r, p_r), (smp, _, loss_s, p_s) = out["recompute"], out["sampler"]
+    assert mask.sum() > 50
+    np.testing.assert_allclose(smp[mask], rec[mask], atol=2e-4)
+    np.testing.assert_allclose(loss_s, loss_r, atol=1e-4)
+    for a, b in zip(p_r, p_s):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="sampler_logprobs"):
+        fns.prepare(state, {k: v for k, v in tb.items() if k != "sampler_logprobs"})

@@ -91,6 +91,7 @@ class Attention(nn.Module):
     """Grouped-query attention with rotary embeddings and an optional KV cache."""
 
     config: LlamaConfig
+    layer: Optional[int] = None  # set when `cache` holds every layer's slots ([layers, B, S, kv, hd])
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, cache=None, write_pos=None):
@@ -110,10 +111,15 @@ class Attention(nn.Module):
         if cache is not None:
             ck, cv = cache
             rows = jnp.arange(B)[:, None]
-            ck = ck.at[rows, write_pos].set(k.astype(ck.dtype), mode="drop")
-            cv = cv.at[rows, write_pos].set(v.astype(cv.dtype), mode="drop")
+            if self.layer is None:
+                ck = ck.at[rows, write_pos].set(k.astype(ck.dtype), mode="drop")
+                cv = cv.at[rows, write_pos].set(v.astype(cv.dtype), mode="drop")
+                k, v = ck.astype(dt), cv.astype(dt)
+            else:  # write into the stacked cache in place (no per-layer slice + re-stack copies)
+                ck = ck.at[self.layer, rows, write_pos].set(k.astype(ck.dtype), mode="drop")
+                cv = cv.at[self.layer, rows, write_pos].set(v.astype(cv.dtype), mode="drop")
+                k, v = ck[self.layer].astype(dt), cv[self.layer].astype(dt)
             new_cache = (ck, cv)
-            k, v = ck.astype(dt), cv.astype(dt)
         G = H // K
         q = q.reshape(B, T, K, G, Dh)
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
@@ -145,11 +151,12 @@ class Block(nn.Module):
     """One pre-norm decoder layer; signature (carry, per-layer cache, broadcasts...) for nn.scan."""
 
     config: LlamaConfig
+    layer: Optional[int] = None  # see Attention.layer
 
     @nn.compact
     def __call__(self, x, cache, cos, sin, mask, write_pos):
         h = RMSNorm(self.config, name="input_norm")(x)
-        a, new_cache = Attention(self.config, name="attn")(h, cos, sin, mask, cache, write_pos)
+        a, new_cache = Attention(self.config, layer=self.layer, name="attn")(h, cos, sin, mask, cache, write_pos)
         x = x + a
         x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attn_norm")(x))
         return x, new_cache
@@ -187,12 +194,10 @@ class Llama(nn.Module):
             )
             x, new = scanned(c, name="layers")(x, layer_cache, cos, sin, mask, write_pos)
         else:
-            news = []
+            new = layer_cache  # every layer writes its own slots of the stacked cache
             for i in range(c.num_layers):
-                li = None if layer_cache is None else (layer_cache[0][i], layer_cache[1][i])
-                x, n_i = block(c, name=f"layers_{i}")(x, li, cos, sin, mask, write_pos)
-                news.append(n_i)
-            new = None if cache is None else (jnp.stack([n[0] for n in news]), jnp.stack([n[1] for n in news]))
+                x, new = block(c, layer=None if cache is None else i, name=f"layers_{i}")(
+                    x, new, cos, sin, mask, write_pos)
         x = RMSNorm(c, name="final_norm")(x)
         new_cache = None if cache is None else {"k": new[0], "v": new[1]}
         if return_hidden:

@@ -35,3 +35,13 @@ def test_long_rl_demo_changes_only_rl_and_eval_settings():
     assert long["rollout"]["temperature"] == 0.6 and long["stages"]["stage3"]["steps"] == 30
     assert C.pipeline(_load(os.path.join(ROOT, "configs", "demo_rl_long.py"))) == ("sft", "stage3")
     assert C.resolve_stage(_load(os.path.join(ROOT, "configs", "demo_rl_long.py")), "stage3").ppo.temperature == 0.6
+
+
+def test_eval_stages_selects_pipeline_stages_and_rejects_others():
+    cfg = _load(os.path.join(ROOT, "configs", "demo.py"))
+    assert C.evaluated_stages(cfg) == C.pipeline(cfg)
+    cfg.eval.stages = "stage3,sft"
+    assert C.evaluated_stages(cfg) == ("sft", "stage3")  # pipeline order
+    cfg.eval.stages = "sft,stage9"
+    with pytest.raises(ValueError, match="eval.stages names 'stage9'"):
+        C.validate(cfg)

@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         every=0,  # steps between evaluations inside a stage (0 = only at the end of each stage)
         num_tasks=50, temperature=0.6, top_p=0.9, modes="adaplan", group_size=1,
+        stages="",  # comma-separated stages evaluated when they finish ("" = every stage of the pipeline)
     ))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1, keep=3, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
@@ -126,11 +127,21 @@ def pipeline(c) -> tuple[str, ...]:
     return _split(c.pipeline)
 
 
+def evaluated_stages(c) -> tuple[str, ...]:
+    """The pipeline stages whose final params get the held-out evaluation (eval.stages, "" = all)."""
+    chosen = _split(c.eval.get("stages", ""))
+    return tuple(n for n in pipeline(c) if not chosen or n in chosen)
+
+
 def validate(c) -> None:
     """Raise a ValueError naming the first bad key and what it accepts."""
     names = pipeline(c)
     if not names:
         raise ValueError("config.pipeline is empty; expected e.g. 'sft,stage1,stage2,stage3'")
+    for n in _split(c.eval.get("stages", "")):
+        if n not in names:
+            raise ValueError(f"config.eval.stages names {n!r}, which is not in config.pipeline {names}; "
+                             "list pipeline stages, or '' for all")
     for n in names:
         if n not in c.stages:
             raise ValueError(f"config.pipeline names stage {n!r}; defined stages are {sorted(c.stages.keys())}")

@@ -3,7 +3,7 @@ the previous stage's final checkpoint.
 
 An RL step: rollouts (N tasks × G episodes, AdaPlan/ReAct) → rewards (outcome, format, overlong,
 plan score from a judge) → advantages → `ppo_step` → metrics → checkpoint; evaluation on held-out
-tasks every `eval.every` steps and at the end of the stage.
+tasks every `eval.every` steps and at the end of the stage (of the stages `eval.stages` names; all by default).
 
 Layout under WORKDIR:
     tokenizer/, base/, games/          shared by every stage (built once)
@@ -413,9 +413,10 @@ def run_pipeline(cfg, workdir: str, evaluate_stages: bool = True) -> dict:
             finally:
                 ck.close()
                 metrics.close()
-            rows = final_eval(ctx, st, params, stage_dir) if evaluate_stages else []
+            evaluate_this = evaluate_stages and name in C.evaluated_stages(cfg)
+            rows = final_eval(ctx, st, params, stage_dir) if evaluate_this else []
             if jax.process_index() == 0:
-                if not evaluate_stages:
+                if not evaluate_this:
                     with open(os.path.join(stage_dir, "eval.json"), "w") as f:
                         json.dump(rows, f)
                 open(done, "w").close()

@@ -45,3 +45,16 @@ def test_eval_stages_selects_pipeline_stages_and_rejects_others():
     cfg.eval.stages = "sft,stage9"
     with pytest.raises(ValueError, match="eval.stages names 'stage9'"):
         C.validate(cfg)
+
+
+def test_evidence_table_config_evaluates_every_stage_and_the_warm_start_in_both_modes():
+    from pilotrl_jax.experiments.table import table_config
+
+    cfg = table_config(_load(os.path.join(ROOT, "configs", "demo.py")), 7)
+    C.validate(cfg)
+    assert cfg.seed == 7 and C.evaluated_stages(cfg) == C.pipeline(cfg) == (
+        "sft", "stage1", "stage2", "stage3", "stage3_only")
+    assert C.eval_modes(cfg, "sft") == ("adaplan", "react") and C.eval_modes(cfg, "stage3") == ("adaplan",)
+    cfg.stages.stage1.eval_modes = "adaplan,chat"
+    with pytest.raises(ValueError, match="stages.stage1.eval_modes has 'chat'"):
+        C.validate(cfg)

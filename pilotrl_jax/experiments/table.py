@@ -33,7 +33,9 @@ def table_config(cfg, seed: int):
     cfg.seed = int(seed)
     cfg.pipeline = "sft,stage1,stage2,stage3,stage3_only"
     cfg.stages.sft.mode = "adaplan,react"
-    cfg.eval.modes = "adaplan,react"
+    cfg.eval.modes = "adaplan"
+    cfg.stages.sft.eval_modes = "adaplan,react"  # the warm start in both modes; the RL stages train AdaPlan
+    cfg.eval.stages = ""  # every stage of the ablation pipeline
     cfg.stages.stage3_only.steps = cfg.stages.stage3.steps
     cfg.stages.stage3_only.lr = cfg.stages.stage3.lr
     return cfg

@@ -28,7 +28,7 @@ INIT_FROM = ("previous", "base")
 
 def _stage(kind="rl", trained_spans="action", plan_source="policy", steps=10, lr=1e-6, plan_weight=0.0,
            kl_coef=0.0, advantage_estimator="grpo", replan="", mode="", tasks_per_step=0, group_size=0,
-           ppo_epochs=1, init_from="previous", plan_source_path="", judge=""):
+           ppo_epochs=1, init_from="previous", plan_source_path="", judge="", eval_modes=""):
     return ml_collections.ConfigDict(dict(
         kind=kind,
         trained_spans=trained_spans,  # comma-separated subset of plan,action
@@ -46,6 +46,7 @@ def _stage(kind="rl", trained_spans="action", plan_source="policy", steps=10, lr
         tasks_per_step=tasks_per_step,  # 0 = rollout.tasks_per_step
         group_size=group_size,  # 0 = rollout.group_size
         init_from=init_from,  # previous (the previous stage's final checkpoint) | base (the base model)
+        eval_modes=eval_modes,  # agent modes of this stage's held-out evaluation ("" = eval.modes)
     ))
 
 
@@ -127,6 +128,11 @@ def pipeline(c) -> tuple[str, ...]:
     return _split(c.pipeline)
 
 
+def eval_modes(c, name: str) -> tuple[str, ...]:
+    """The agent modes stage `name` is evaluated in (stages.<name>.eval_modes, else eval.modes)."""
+    return _split(c.stages[name].get("eval_modes", "") or c.eval.modes)
+
+
 def evaluated_stages(c) -> tuple[str, ...]:
     """The pipeline stages whose final params get the held-out evaluation (eval.stages, "" = all)."""
     chosen = _split(c.eval.get("stages", ""))
@@ -180,6 +186,9 @@ def validate(c) -> None:
             raise ValueError(f"{where}.steps={s.steps}; expected >= 0")
         if s.judge and s.judge not in JUDGES:
             raise ValueError(f"{where}.judge={s.judge!r}; expected one of {JUDGES} or ''")
+        for mode in _split(s.get("eval_modes", "")):
+            if mode not in prompts.AGENT_MODES:
+                raise ValueError(f"{where}.eval_modes has {mode!r}; expected a subset of {prompts.AGENT_MODES}")
         modes = _split(s.mode or c.agent.mode)
         if len(modes) > 1 and s.kind != "sft":
             raise ValueError(f"{where}.mode={s.mode!r}; several modes are for SFT demonstrations only")

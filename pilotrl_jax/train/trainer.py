@@ -352,7 +352,7 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
 def final_eval(ctx, st: C.StageSettings, params, stage_dir: str) -> list:
     """Evaluate a stage's final params on held-out tasks in every eval mode; writes eval.json."""
     rows = []
-    for mode in C._split(ctx.cfg.eval.modes):
+    for mode in C.eval_modes(ctx.cfg, st.name):
         table, batch = evaluate(ctx, params, ctx.eval_tasks[: int(ctx.cfg.eval.num_tasks)], mode=mode,
                                 group_size=int(ctx.cfg.eval.group_size), progress=True)
         rows.append(dict(model=st.name, mode=mode, seed=int(ctx.cfg.seed), split=ctx.cfg.env.eval_split, **table))

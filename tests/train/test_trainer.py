@@ -51,6 +51,7 @@ def _leaves(params):
 def test_pipeline_chains_stages_and_writes_everything(tmp_path):
     cfg = micro_config()
     cfg.eval.stages = "sft,stage1,stage3"  # stage 2 is trained but not evaluated
+    cfg.stages.sft.eval_modes = "adaplan,react"  # the warm start in both modes, the RL stages in eval.modes
     out = T.run_pipeline(cfg, str(tmp_path))
     assert list(out) == ["sft", "stage1", "stage2", "stage3"]
     prev_final = None
@@ -82,7 +83,8 @@ def test_pipeline_chains_stages_and_writes_everything(tmp_path):
     from pilotrl_jax.experiments.results import rows_from_run, write_results
 
     rows = rows_from_run(str(tmp_path), list(out), cfg.seed)
-    assert [r["model"] for r in rows] == ["warm_start", "stage1", "stage3"]
+    assert [(r["model"], r["mode"]) for r in rows] == [("warm_start", "adaplan"), ("warm_start", "react"),
+                                                      ("stage1", "adaplan"), ("stage3", "adaplan")]
     path = write_results(str(tmp_path / "results.json"), rows)
     got = json.load(open(path))["runs"][0]
     assert set(got) >= {"model", "mode", "seed", "split", "success_rate", "episodes"} and got["split"] == "heldout"

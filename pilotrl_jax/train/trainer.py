@@ -202,14 +202,24 @@ def rollout_metrics(batch, rewards) -> dict:
     return out
 
 
-def training_batch(arr: dict, trained_spans, rewards: np.ndarray, token_advantages: Optional[np.ndarray] = None) -> dict:
+def training_batch(arr: dict, trained_spans, rewards: np.ndarray, token_advantages: Optional[np.ndarray] = None,
+                   valid: Optional[np.ndarray] = None) -> dict:
     """The PPO input of a rollout: token arrays, the stage's loss mask (from span kinds), scores, and
-    optional per-token advantage terms [B, T]."""
+    optional per-token advantage terms [B, T].
+
+    Rows with `valid` False (episodes cut short by an environment failure: their outcome says nothing
+    about the policy) get no trained tokens and group id -1, so they neither train nor enter their
+    group's GRPO mean and std."""
+    loss_mask = np.asarray(masks_lib.loss_mask(arr["kind_ids"], trained_spans))
+    group_ids = np.asarray(arr["group_ids"])
+    if valid is not None:
+        valid = np.asarray(valid, bool)
+        loss_mask = np.where(valid[:, None], loss_mask, 0).astype(loss_mask.dtype)
+        group_ids = np.where(valid, group_ids, -1).astype(group_ids.dtype)
     out = {
-        "input_ids": arr["input_ids"], "attention_mask": arr["attention_mask"],
-        "loss_mask": np.asarray(masks_lib.loss_mask(arr["kind_ids"], trained_spans)),
+        "input_ids": arr["input_ids"], "attention_mask": arr["attention_mask"], "loss_mask": loss_mask,
         "sampler_logprobs": arr["sampler_logprobs"], "scores": np.asarray(rewards, np.float32),
-        "group_ids": arr["group_ids"],
+        "group_ids": group_ids,
     }
     if token_advantages is not None:
         out["token_advantages"] = np.asarray(token_advantages, np.float32)
@@ -309,7 +319,8 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
             arr = batch.to_arrays()
         credit = st.reward.wasted_turn_advantage
         rollout = training_batch(arr, st.trained_spans, rewards.reward,
-                                 wasted_turn_advantages(batch.episodes, arr["input_ids"].shape[1], credit) if credit else None)
+                                 wasted_turn_advantages(batch.episodes, arr["input_ids"].shape[1], credit) if credit else None,
+                                 valid=np.array([e.status != "env_error" for e in batch.episodes]))
         if multihost.is_multihost():
             rollout = multihost.global_training_batch(rollout, plan, ctx.mesh)
         t1 = time.perf_counter()

@@ -316,3 +316,38 @@ def test_sampler_old_logprobs_equal_the_recomputed_ones_on_a_real_rollout(tmp_pa
         np.testing.assert_allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match="sampler_logprobs"):
         fns.prepare(state, {k: v for k, v in tb.items() if k != "sampler_logprobs"})
+
+
+def test_env_failed_episodes_neither_train_nor_enter_their_group_statistics(tmp_path):
+    """Episodes cut short by an environment failure (valid=False) get no trained tokens and no
+    advantage, and the GRPO mean/std of their group are those of the other episodes alone."""
+    from pilotrl_jax.rl import advantages as adv_lib
+    from pilotrl_jax.rollout import RolloutRunner, SamplerPolicy
+    from pilotrl_jax.train.evaluation import make_engine, rollout_config
+
+    cfg = micro_config("stage3")
+    ctx = S.build_context(cfg, str(tmp_path))
+    st = C.resolve_stage(cfg, "stage3")
+    params = ctx.load_base_params()
+    rc = rollout_config(ctx, group_size=4, mode=st.mode, replan=st.replan, temperature=1.0, top_p=1.0, seed=9,
+                        progress=False)
+    batch = RolloutRunner(SamplerPolicy(make_engine(ctx, params, 8, 0)), ctx.env_factory, ctx.tokenizer,
+                          rc).run(ctx.train_tasks[:2])
+    arr = batch.to_arrays()
+    rewards = np.array([0.0, 1.0, 0.3, 0.5, 1.0, 0.0, 0.0, 0.2], np.float32)
+    valid = np.array([True, True, False, True, True, False, True, True])
+    fns = ppo.build(ctx.model_cfg, st.ppo, None, donate=False)
+    state = ppo.init_train_state(ctx.model_cfg, st.ppo, params, jax.random.PRNGKey(0))
+    out = fns.prepare(state, T.training_batch(arr, st.trained_spans, rewards, valid=valid))
+    adv, mask = np.asarray(out["advantages"]), np.asarray(out["loss_mask"])
+    assert (mask[~valid] == 0).all() and (adv[~valid] == 0).all()
+    gids = np.asarray(arr["group_ids"])
+    expected = np.zeros(8, np.float32)
+    for g in np.unique(gids):
+        rows = np.where((gids == g) & valid)[0]
+        expected[rows] = np.asarray(adv_lib.group_normalize(rewards[rows], np.zeros(len(rows), np.int32)))
+    for b in np.where(valid)[0]:
+        on = mask[b] > 0
+        assert on.any()
+        np.testing.assert_allclose(adv[b, on], expected[b], rtol=1e-5, atol=1e-6)
+    assert np.abs(expected).max() > 0.5

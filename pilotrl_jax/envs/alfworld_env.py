@@ -34,6 +34,7 @@ import hashlib
 import os
 import re
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -181,6 +182,33 @@ def install_engine_speedups() -> None:
     _SPEEDUPS["installed"] = True
 
 
+# Every engine (and every planner) loads its own copy of fast-downward's 33 MB shared library: the
+# library keeps its state in globals, so textworld copies the file to a temporary directory, loads the
+# copy and deletes the file. Nothing ever unloads a copy, so the deleted file stays on disk for the
+# life of the process. Building an engine per episode therefore leaked 33 MB of disk an episode (a
+# few GB a training step, until the disk was full). Engines and planner libraries are kept in these
+# process-wide pools instead: `close()` gives them back and the next env reuses them, so a process
+# holds as many copies as it ever had envs open at once.
+_POOL_LOCK = threading.Lock()
+_ENGINES: list = []
+_PLANNER_LIBS: list = []
+POOL_STATS = {"engines_built": 0, "planners_built": 0}
+
+
+def _acquire(pool: list, make, stat: str):
+    with _POOL_LOCK:
+        if pool:
+            return pool.pop()
+        POOL_STATS[stat] += 1
+    return make()
+
+
+def _release(pool: list, item) -> None:
+    if item is not None:
+        with _POOL_LOCK:
+            pool.append(item)
+
+
 def _make_engine():
     """The ALFWorld TextWorld stack (PddlEnv + AlfredDemangler + AlfredInfos)."""
     import textworld
@@ -243,7 +271,8 @@ class AlfWorldEnv:
                 "generate games with `python -m pilotrl_jax.envs.alfworld_gen --out DIR`")
         try:
             if self._env is None:
-                self._env = _make_engine()
+                self._env = _acquire(_ENGINES, _make_engine, "engines_built")
+                self._loaded = None
             if game_file != self._loaded:
                 t0 = time.perf_counter()
                 self._loaded = None
@@ -318,7 +347,7 @@ class AlfWorldEnv:
                 import fast_downward
 
                 if self._planner_lib is None:  # a private copy: the game's copy holds the game state
-                    self._planner_lib = fast_downward.load_lib()
+                    self._planner_lib = _acquire(_PLANNER_LIBS, fast_downward.load_lib, "planners_built")
                 state = PddlState(self._planner_lib, problem, inner._logic)
                 self._plan_cache[problem] = list(state.replan(inner._entity_infos))
             plan = self._plan_cache.get_or(problem, list)
@@ -498,16 +527,13 @@ class AlfWorldEnv:
         return "\n".join(lines)
 
     def close(self) -> None:
-        """Drop the engine and planner (their fast-downward library copies are freed with them).
+        """Give the engine and planner back to the process-wide pools (see `_ENGINES`), for reuse.
 
-        The libraries are not dlclose'd: textworld keeps ctypes handles into them until garbage
-        collection, and unloading early crashes the interpreter at exit.
+        Their fast-downward library copies are never dlclose'd: textworld keeps ctypes handles into
+        them until garbage collection, and unloading early crashes the interpreter at exit.
         """
-        if self._env is not None:
-            try:
-                self._env.close()
-            except Exception:
-                pass
+        _release(_ENGINES, self._env)
+        _release(_PLANNER_LIBS, self._planner_lib)
         self._planner_lib = None
         self._env = None
         self._loaded = None

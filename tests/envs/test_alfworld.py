@@ -493,3 +493,36 @@ def test_engine_speedups_leave_every_observation_unchanged(games):
     assert runs["1"]["patched"] and not runs["0"]["patched"]
     assert runs["1"]["episodes"] == runs["0"]["episodes"]
     assert sum(len(e) for e in runs["1"]["episodes"]) > 6 * 30
+
+
+def _deleted_lib_copies():
+    """Distinct deleted fast-downward library copies this process still maps (each holds 33 MB of disk)."""
+    with open("/proc/self/maps") as f:
+        return len({line.split()[-2] for line in f if "libdownward.so (deleted)" in line})
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc (Linux)")
+def test_envs_reuse_engines_so_library_copies_do_not_pile_up(games):
+    """Rollouts open and close an env per episode; the engine (and its library copy) is reused, so
+    rounds of episodes after the first add no engine and no leaked library copy."""
+    from pilotrl_jax.envs import alfworld_env as A
+
+    _, tasks = games
+    sample = tasks["train"][:4]
+
+    def one_round():
+        envs = [AlfWorldEnv() for _ in sample]
+        for e, t in zip(envs, sample):  # all open at once, like a rollout's rows
+            e.reset(t)
+            plan = e.expert_actions()
+            assert plan
+            e.step(plan[0])
+        for e in envs:
+            e.close()
+
+    one_round()
+    built, copies = dict(A.POOL_STATS), _deleted_lib_copies()
+    for _ in range(3):
+        one_round()
+    assert A.POOL_STATS == built
+    assert _deleted_lib_copies() == copies

@@ -22,6 +22,23 @@ _OUT = flags.DEFINE_string("out", "runs/demo", "Output folder.")
 _FRESH = flags.DEFINE_bool("fresh", False, "Delete the output folder first.")
 
 
+def _check_resumable(out: str, cfg) -> None:
+    """Refuse to resume a run folder written under another config (its finished stages would be reused)."""
+    import json
+
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        try:
+            old = json.load(f)
+        except ValueError:
+            old = None
+    if old != json.loads(cfg.to_json_best_effort()):
+        raise SystemExit(f"{out} holds a run made with another config ({path} differs from this one), and resuming "
+                         "would reuse its finished stages. Pass --fresh to start over there, or --out NEW_FOLDER.")
+
+
 def main(argv):
     """Run the demo pipeline and write results.json, the HF export and the table."""
     del argv
@@ -38,8 +55,9 @@ def main(argv):
     if _FRESH.value and os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
-    use_compilation_cache(out)
     cfg = _CONFIG.value
+    _check_resumable(out, cfg)
+    use_compilation_cache(out)
     stages = C.pipeline(cfg)
     print(f"PilotRL demo: {' -> '.join(stages)} on {cfg.env.name} ({cfg.env.num_train_tasks} train / "
           f"{cfg.env.num_eval_tasks} held-out tasks); output in {out}", flush=True)

@@ -39,6 +39,8 @@ def test_long_rl_demo_changes_only_rl_and_eval_settings():
 
 def test_eval_stages_selects_pipeline_stages_and_rejects_others():
     cfg = _load(os.path.join(ROOT, "configs", "demo.py"))
+    assert C.evaluated_stages(cfg) == ("sft", "stage3")  # the demo evaluates the warm start and the final model
+    cfg.eval.stages = ""
     assert C.evaluated_stages(cfg) == C.pipeline(cfg)
     cfg.eval.stages = "stage3,sft"
     assert C.evaluated_stages(cfg) == ("sft", "stage3")  # pipeline order

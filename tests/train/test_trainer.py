@@ -247,10 +247,8 @@ def test_a_step_whose_every_episode_hit_an_env_error_stops_the_stage():
         T.check_rollout([ep("env_error", "OSError: [Errno 28] No space left on device")] * 2, "stage3", 2)
 
 
-def test_wasted_turn_credit_lands_on_the_wasted_turns_trained_tokens(tmp_path):
-    """A real rollout of the untrained model (most turns malformed): the per-token credit sits only on
-    ACTION tokens of wasted turns, and prepare() adds it to exactly the trained ones."""
-    from pilotrl_jax.rewards.shaping import wasted_turns
+def _real_stage3_rollout(tmp_path, seed: int, temperature: float = 1.0):
+    """(ctx, stage settings, base params, RolloutBatch): 2 tasks x 4 episodes of the untrained micro model."""
     from pilotrl_jax.rollout import RolloutRunner, SamplerPolicy
     from pilotrl_jax.train.evaluation import make_engine, rollout_config
 
@@ -258,10 +256,19 @@ def test_wasted_turn_credit_lands_on_the_wasted_turns_trained_tokens(tmp_path):
     ctx = S.build_context(cfg, str(tmp_path))
     st = C.resolve_stage(cfg, "stage3")
     params = ctx.load_base_params()
-    rc = rollout_config(ctx, group_size=4, mode=st.mode, replan=st.replan, temperature=1.0, top_p=1.0, seed=5,
-                        progress=False)
-    batch = RolloutRunner(SamplerPolicy(make_engine(ctx, params, 8, 0)), ctx.env_factory, ctx.tokenizer,
-                          rc).run(ctx.train_tasks[:2])
+    rc = rollout_config(ctx, group_size=4, mode=st.mode, replan=st.replan, temperature=temperature, top_p=1.0,
+                        seed=seed, progress=False)
+    batch = RolloutRunner(SamplerPolicy(make_engine(ctx, params, 8, 0), temperature), ctx.env_factory,
+                          ctx.tokenizer, rc).run(ctx.train_tasks[:2])
+    return ctx, st, params, batch
+
+
+def test_wasted_turn_credit_lands_on_the_wasted_turns_trained_tokens(tmp_path):
+    """A real rollout of the untrained model (most turns malformed): the per-token credit sits only on
+    ACTION tokens of wasted turns, and prepare() adds it to exactly the trained ones."""
+    from pilotrl_jax.rewards.shaping import wasted_turns
+
+    ctx, st, params, batch = _real_stage3_rollout(tmp_path, seed=5)
     arr = batch.to_arrays()
     credit = T.wasted_turn_advantages(batch.episodes, arr["input_ids"].shape[1], -0.5)
     flagged = credit != 0
@@ -287,17 +294,8 @@ def test_sampler_old_logprobs_equal_the_recomputed_ones_on_a_real_rollout(tmp_pa
     log-probs match the recomputed ones on every trained token, so the PPO step is the same."""
     import dataclasses
 
-    from pilotrl_jax.rollout import RolloutRunner, SamplerPolicy
-    from pilotrl_jax.train.evaluation import make_engine, rollout_config
-
-    cfg = micro_config("stage3")
-    ctx = S.build_context(cfg, str(tmp_path))
-    st = C.resolve_stage(cfg, "stage3")
-    params = ctx.load_base_params()
-    rc = rollout_config(ctx, group_size=4, mode=st.mode, replan=st.replan, temperature=st.ppo.temperature,
-                        top_p=1.0, seed=3, progress=False)
-    batch = RolloutRunner(SamplerPolicy(make_engine(ctx, params, 8, 0), st.ppo.temperature), ctx.env_factory,
-                          ctx.tokenizer, rc).run(ctx.train_tasks[:2])
+    ctx, st, params, batch = _real_stage3_rollout(tmp_path, seed=3, temperature=C.resolve_stage(
+        micro_config("stage3"), "stage3").ppo.temperature)
     tb = T.training_batch(batch.to_arrays(), st.trained_spans, np.arange(8, dtype=np.float32))
     out = {}
     for source in ("recompute", "sampler"):
@@ -322,17 +320,8 @@ def test_env_failed_episodes_neither_train_nor_enter_their_group_statistics(tmp_
     """Episodes cut short by an environment failure (valid=False) get no trained tokens and no
     advantage, and the GRPO mean/std of their group are those of the other episodes alone."""
     from pilotrl_jax.rl import advantages as adv_lib
-    from pilotrl_jax.rollout import RolloutRunner, SamplerPolicy
-    from pilotrl_jax.train.evaluation import make_engine, rollout_config
 
-    cfg = micro_config("stage3")
-    ctx = S.build_context(cfg, str(tmp_path))
-    st = C.resolve_stage(cfg, "stage3")
-    params = ctx.load_base_params()
-    rc = rollout_config(ctx, group_size=4, mode=st.mode, replan=st.replan, temperature=1.0, top_p=1.0, seed=9,
-                        progress=False)
-    batch = RolloutRunner(SamplerPolicy(make_engine(ctx, params, 8, 0)), ctx.env_factory, ctx.tokenizer,
-                          rc).run(ctx.train_tasks[:2])
+    ctx, st, params, batch = _real_stage3_rollout(tmp_path, seed=9)
     arr = batch.to_arrays()
     rewards = np.array([0.0, 1.0, 0.3, 0.5, 1.0, 0.0, 0.0, 0.2], np.float32)
     valid = np.array([True, True, False, True, True, False, True, True])

@@ -76,10 +76,12 @@ class _LRU(collections.OrderedDict):
 
 
 def install_engine_speedups() -> None:
-    """Memoize the engine's grammar-template parsing and PDDL translation (process-wide, idempotent).
+    """Speed up the engine (process-wide, idempotent): memoized grammar, template and condition
+    parsing and PDDL translation, and shallow context copies in the text generator.
 
-    Both are pure functions of their text inputs; callers get deep copies (templates) or the same
-    read-only translation, so game behaviour is unchanged. Only textworld's PDDL modules are touched.
+    The memoized functions are pure functions of their text inputs; callers get deep copies (parses)
+    or the same read-only objects (translations, conditions), so game behaviour is unchanged
+    (tests/envs/test_alfworld.py compares episodes). Only textworld's PDDL modules are touched.
     """
     if _SPEEDUPS["installed"]:
         return
@@ -87,13 +89,19 @@ def install_engine_speedups() -> None:
     import textworld.envs.pddl.logic as tw_logic
     import textworld.envs.pddl.textgen as tw_textgen
 
-    parse = tw_textgen._parse_and_convert
-    parse_cache = _LRU(4096)
+    def memoized_parse(parse, size: int, rule_names=None):
+        """TatSu parsing memoized per (text, rule) (only for `rule_names` when given); callers get copies."""
+        cache = _LRU(size)
 
-    def cached_parse(text, rule_name=None, **kwargs):
-        if kwargs.get("trace"):
-            return parse(text, rule_name=rule_name, **kwargs)
-        return copy.deepcopy(parse_cache.get_or((text, rule_name), lambda: parse(text, rule_name=rule_name)))
+        def cached(text, rule_name=None, **kwargs):
+            if kwargs.get("trace") or (rule_names is not None and rule_name not in rule_names):
+                return parse(text, rule_name=rule_name, **kwargs)
+            key = (hashlib.sha1(text.encode()).hexdigest(), rule_name)
+            return copy.deepcopy(cache.get_or(key, lambda: parse(text, rule_name=rule_name)))
+
+        return cached
+
+    cached_parse = memoized_parse(tw_textgen._parse_and_convert, 4096)
 
     sas_cache = _LRU(1024)
     pddl2sas = fast_downward.pddl2sas
@@ -117,17 +125,9 @@ def install_engine_speedups() -> None:
     tw_textgen._parse_and_convert = cached_parse
     tw_logic.fast_downward = _FastDownward()
 
-    # Every game file carries the same grammar; loading one parses it with TatSu (~0.15 s a load).
-    logic_parse = tw_logic._parse_and_convert
-    grammar_cache = _LRU(1024)
-
-    def cached_logic_parse(text, rule_name=None, **kwargs):
-        if kwargs.get("trace") or rule_name != "pddlStart":
-            return logic_parse(text, rule_name=rule_name, **kwargs)
-        key = hashlib.sha1(text.encode()).hexdigest()
-        return copy.deepcopy(grammar_cache.get_or(key, lambda: logic_parse(text, rule_name=rule_name)))
-
-    tw_logic._parse_and_convert = cached_logic_parse
+    # Loading a game parses its grammar (actions + text templates, which name the game's entities) with
+    # TatSu: ~0.13 s a load. Rollouts load the same games again and again, so parse each game once.
+    tw_logic._parse_and_convert = memoized_parse(tw_logic._parse_and_convert, 1024, rule_names=("pddlStart",))
 
     # The text generator copies a symbol's whole context (the game state included) with deepcopy and
     # re-parses every condition of the grammar with TatSu on every derived sentence. A context's

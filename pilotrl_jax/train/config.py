@@ -139,6 +139,12 @@ def evaluated_stages(c) -> tuple[str, ...]:
     return tuple(n for n in pipeline(c) if not chosen or n in chosen)
 
 
+def _check_modes(value, where: str) -> None:
+    for mode in _split(value):
+        if mode not in prompts.AGENT_MODES:
+            raise ValueError(f"{where} has {mode!r}; expected a subset of {prompts.AGENT_MODES}")
+
+
 def validate(c) -> None:
     """Raise a ValueError naming the first bad key and what it accepts."""
     names = pipeline(c)
@@ -158,9 +164,7 @@ def validate(c) -> None:
     if c.judge.kind not in JUDGES:
         raise ValueError(f"config.judge.kind={c.judge.kind!r}; expected one of {JUDGES}")
     prompts.check_mode(c.agent.mode, c.agent.replan)
-    for mode in _split(c.eval.modes):
-        if mode not in prompts.AGENT_MODES:
-            raise ValueError(f"config.eval.modes has {mode!r}; expected a subset of {prompts.AGENT_MODES}")
+    _check_modes(c.eval.modes, "config.eval.modes")
     for n in names:
         s = c.stages[n]
         where = f"config.stages.{n}"
@@ -186,9 +190,7 @@ def validate(c) -> None:
             raise ValueError(f"{where}.steps={s.steps}; expected >= 0")
         if s.judge and s.judge not in JUDGES:
             raise ValueError(f"{where}.judge={s.judge!r}; expected one of {JUDGES} or ''")
-        for mode in _split(s.get("eval_modes", "")):
-            if mode not in prompts.AGENT_MODES:
-                raise ValueError(f"{where}.eval_modes has {mode!r}; expected a subset of {prompts.AGENT_MODES}")
+        _check_modes(s.get("eval_modes", ""), f"{where}.eval_modes")
         modes = _split(s.mode or c.agent.mode)
         if len(modes) > 1 and s.kind != "sft":
             raise ValueError(f"{where}.mode={s.mode!r}; several modes are for SFT demonstrations only")

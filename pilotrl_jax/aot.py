@@ -99,11 +99,10 @@ def _aot(cfg, key: str, default):
 def model_config(cfg, **overrides):
     """LlamaConfig for the run: `model.hf_config` (an HF config dict in the config file), else the
     model directory's config.json (`model.path`), else the tiny fields (`model.source='tiny'`)."""
-    from pilotrl_jax.models.config import LlamaConfig
+    from pilotrl_jax.models.config import LlamaConfig, run_config_overrides
 
     m = cfg.model
-    ours = dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=bool(m.scan_layers),
-                remat_policy=m.remat_policy)
+    ours = run_config_overrides(m)
     ours.update(overrides)
     hf = m.get("hf_config")
     if hf:

@@ -11,6 +11,8 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 SUPPORTED_MODEL_TYPES = ("llama",)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# LlamaConfig fields that are ours, not HF's (kept in our checkpoints, set from the run config).
+OUR_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_query_chunk")
 
 # HF keys that carry no information for inference/training math here.
 _IGNORED_HF_KEYS = {
@@ -60,6 +62,10 @@ class LlamaConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
+    # Queries per block of the causal attention without a KV cache (training, scoring): each block
+    # reads only the keys up to its last query, so a T-token row does about half the work of the
+    # full T x T score matrix and never holds it whole. 0 = one block (the full matrix).
+    attention_query_chunk: int = 128
 
     def __post_init__(self):
         if self.hidden_size <= 0 or self.num_layers <= 0 or self.vocab_size <= 0:
@@ -75,6 +81,9 @@ class LlamaConfig:
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+        if not isinstance(self.attention_query_chunk, int) or self.attention_query_chunk < 0:
+            raise ConfigError(f"attention_query_chunk={self.attention_query_chunk!r}; expected an int >= 0 "
+                              "(queries per causal attention block, e.g. 64; 0 = the full score matrix)")
         if self.rope_scaling is not None and self.rope_scaling[0] not in ("llama3", "linear"):
             raise ConfigError(f"rope_scaling={self.rope_scaling!r}; expected a ('llama3', ...) or ('linear', f) tuple")
 
@@ -89,6 +98,10 @@ class LlamaConfig:
         )
         base.update(overrides)
         return cls(**base)
+
+    def ours(self) -> dict:
+        """Our own (non-HF) fields: numerics and compilation choices, as keyword overrides."""
+        return {k: getattr(self, k) for k in OUR_FIELDS}
 
     def replace(self, **kw) -> "LlamaConfig":
         """A copy with some fields changed."""
@@ -216,3 +229,13 @@ def _parse_rope(d: dict) -> tuple[float, Optional[tuple]]:
         raise ConfigError(f"rope_type='llama3' needs {missing} in rope_scaling/rope_parameters")
     return theta, ("llama3", float(params["factor"]), float(params["low_freq_factor"]),
                    float(params["high_freq_factor"]), int(params["original_max_position_embeddings"]))
+
+
+def run_config_overrides(model_section) -> dict:
+    """Our own LlamaConfig fields from a run config's `model` section (missing keys keep the defaults)."""
+    out = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype,
+               scan_layers=bool(model_section.scan_layers), remat_policy=model_section.remat_policy)
+    chunk = model_section.get("attention_query_chunk") if hasattr(model_section, "get") else None
+    if chunk is not None:
+        out["attention_query_chunk"] = int(chunk)
+    return out

@@ -177,7 +177,7 @@ class _StackedLoader:
 def load_hf(path: str, mesh=None, rules=None, **config_overrides) -> tuple[LlamaConfig, dict]:
     """Load an HF LLaMA directory → (config, params); with `mesh`, each tensor lands with its sharding.
 
-    `config_overrides` set our own fields (dtype, param_dtype, scan_layers, remat_policy).
+    `config_overrides` set our own fields (`LlamaConfig.ours()`: dtype, scan, remat, attention blocks).
     """
     if not os.path.isdir(path):
         raise CheckpointError(f"{path!r} is not a readable directory; pass an HF model directory")

@@ -120,14 +120,27 @@ class Attention(nn.Module):
                 cv = cv.at[self.layer, rows, write_pos].set(v.astype(cv.dtype), mode="drop")
                 k, v = ck[self.layer].astype(dt), cv[self.layer].astype(dt)
             new_cache = (ck, cv)
-        G = H // K
-        q = q.reshape(B, T, K, G, Dh)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (1.0 / math.sqrt(Dh))
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, Dh)
-        return jnp.einsum("bthk,hkd->btd", out, wo), new_cache
+        q = q.reshape(B, T, K, H // K, Dh)
+        chunk = c.attention_query_chunk
+        if cache is None and 0 < chunk < T:
+            # Causal self-attention (the no-cache mask never lets a query see a later slot): the
+            # queries of block [a, b) read only keys [0, b).
+            out = jnp.concatenate([
+                _attend(q[:, a:min(a + chunk, T)], k[:, :min(a + chunk, T)], v[:, :min(a + chunk, T)],
+                        mask[:, a:min(a + chunk, T), :min(a + chunk, T)], dt)
+                for a in range(0, T, chunk)], axis=1)
+        else:
+            out = _attend(q, k, v, mask, dt)
+        return jnp.einsum("bthk,hkd->btd", out.reshape(B, T, H, Dh), wo), new_cache
+
+
+def _attend(q, k, v, mask, dt):
+    """Masked softmax attention: q [B, T, K, G, Dh], k/v [B, S, K, Dh], mask [B, T, S] -> [B, T, K, G, Dh]."""
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(q.shape[-1]))
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v)
 
 
 class MLP(nn.Module):
@@ -170,7 +183,10 @@ _REMAT = {
 
 
 class Llama(nn.Module):
-    """The LLaMA decoder: embedding, layers (looped or scanned), final norm, LM head."""
+    """The LLaMA decoder: embedding, layers (looped or scanned), final norm, LM head.
+
+    `mask` [B, T, S]: without a cache it must be causal (`causal_mask`): attention is then computed
+    in blocks of `config.attention_query_chunk` queries that read only the keys up to their last slot."""
 
     config: LlamaConfig
 

@@ -21,7 +21,7 @@ CONFIG_FILE = "model_config.json"
 def config_to_json(config: LlamaConfig) -> dict:
     """HF config dict plus our own fields under `pilotrl_jax`."""
     d = config.to_hf_dict()
-    d["pilotrl_jax"] = {k: getattr(config, k) for k in ("dtype", "param_dtype", "scan_layers", "remat_policy")}
+    d["pilotrl_jax"] = config.ours()
     return d
 
 

@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
         path="",
         hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
         dtype="float32", param_dtype="float32", scan_layers=False, remat_policy="none",
+        attention_query_chunk=128,  # queries per causal attention block in training/scoring (0 = full matrix)
         tie_word_embeddings=False,  # tiny models: one matrix embeds and unembeds tokens
     ))
     c.tokenizer = ml_collections.ConfigDict(dict(

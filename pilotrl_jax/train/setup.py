@@ -42,16 +42,15 @@ class RunContext:
 
 
 def model_overrides(cfg) -> dict:
-    """Our own model fields (dtype, scan, remat) from the config."""
-    m = cfg.model
-    return dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=bool(m.scan_layers),
-                remat_policy=m.remat_policy)
+    """Our own model fields (dtype, scan, remat, attention blocks) from the config."""
+    from pilotrl_jax.models.config import run_config_overrides
+
+    return run_config_overrides(cfg.model)
 
 
 def load_params_any(path: str, is_hf: bool, model_cfg: LlamaConfig, mesh=None):
     """Params from an HF directory or a param_store checkpoint, in `model_cfg`'s layout."""
-    ours = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
-                remat_policy=model_cfg.remat_policy)
+    ours = model_cfg.ours()
     if is_hf:
         _, params = hf_io.load_hf(path, mesh=mesh, **ours)
     else:

@@ -87,3 +87,34 @@ def test_cache_path_matches_full_forward(hf_factory):
         lg, cache = llama.forward_with_cache(config, params, ids[:, lo:hi], pos, cache)
         outs.append(np.asarray(lg))
     np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [16])
+def test_query_blocked_attention_matches_the_full_matrix(hf_factory, chunk):
+    """Blocked causal attention (the training path) gives the full matrix's logits and gradients,
+    with left and right padding and a length that is not a multiple of the block."""
+    model, path = hf_factory()
+    config, params = hf_io.load_hf(path)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, config.vocab_size, size=(3, 150))
+    mask = np.ones_like(ids)
+    mask[1, :40] = 0  # left padding
+    mask[2, 97:] = 0  # right padding
+    ids = np.where(mask == 1, ids, 0)
+    full_cfg, blocked_cfg = config.replace(attention_query_chunk=0), config.replace(attention_query_chunk=chunk)
+
+    def loss(cfg, p):
+        lp = jax.nn.log_softmax(llama.forward(cfg, p, ids, attention_mask=mask), -1)
+        return (lp[:, :-1].max(-1) * mask[:, :-1] * mask[:, 1:]).sum()  # real positions only
+
+    real = mask.astype(bool)
+    a = np.asarray(llama.forward(full_cfg, params, ids, attention_mask=mask))
+    b = np.asarray(llama.forward(blocked_cfg, params, ids, attention_mask=mask))
+    np.testing.assert_allclose(b[real], a[real], atol=1e-5)
+    np.testing.assert_allclose(b[real], _torch_logits(model, ids, mask)[real], atol=1e-4)
+    ga = jax.grad(lambda p: loss(full_cfg, p))(params)
+    gb = jax.grad(lambda p: loss(blocked_cfg, p))(params)
+    for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=2e-4, rtol=1e-4)
+    with pytest.raises(Exception, match="attention_query_chunk"):
+        config.replace(attention_query_chunk=-1)

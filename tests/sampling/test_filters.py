@@ -69,3 +69,17 @@ def test_mode_for():
     assert mode_for(0.0, 5, 0.5) == "greedy"
     assert mode_for(1.0, 0, 1.0) == "sample"
     assert mode_for(1.0, 3, 1.0) == mode_for(1.0, 0, 0.9) == "filtered"
+
+
+@pytest.mark.parametrize("k,p", [(0, 0.9), (0, 0.98), (3, 0.9), (16, 1.0), (20, 0.9), (40, 0.95), (0, 1.0)])
+def test_filter_on_peaked_rows_of_a_large_vocab_matches_numpy(k, p):
+    """A trained policy's rows: most mass on a few tokens (the top-k fast path), with one flat row
+    and one tied row in the batch for the sorted path; both give numpy's mask."""
+    rng = np.random.default_rng(k)
+    logits = (rng.normal(size=(6, 1024)) * 6).astype(np.float32)
+    logits[1, :] = rng.normal(size=1024).astype(np.float32) * 0.1  # flat: nucleus far past 16 tokens
+    logits[2, 5:30] = logits[2].max() + 1.0  # 25 tied top tokens
+    for rows in (logits[[0, 3, 4, 5]], logits):  # without / with the rows that need the full sort
+        got = np.asarray(filter_logits(jnp.asarray(rows), jnp.int32(k), jnp.float32(p)))
+        want = np.stack([_np_filter(r, k, p) for r in rows])
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))

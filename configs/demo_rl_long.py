@@ -3,9 +3,9 @@
 Same tiny LLaMA, tasks and SFT warm start as configs/demo.py, then stage 3 (joint plan + action RL)
 for 30 steps of 8 tasks x 8 episodes (1920 episodes, 4 PPO mini-batches per step: 120 updates at
 lr 3e-4), sampling at temperature 0.6, evaluated on 32 held-out tasks x 4 samples. Measured on generator seeds
-100 and 101 only (README, "The demo"). Its stage 3 alone is over the demo's 15-minute budget (~10 min
-on 2 cores after this session's speed-ups (21 s a step), plus the 5-minute SFT); configs/demo.py runs a shorter,
-progressive version (2/2/13 steps of stages 1/2/3).
+100 and 101 only (README, "The demo"). With the SFT it is over the demo's 15-minute budget on 2 cores
+(~15 s a step, ~7.5 min, plus ~6 min of SFT); configs/demo.py runs a shorter, progressive version
+(2/2/24 steps of stages 1/2/3).
 
 Why temperature 0.6: at the paper's T = 1 the warm start wins 5-11% of training episodes and 30-60%
 of them break the format; at T = 0.6 (the evaluation's temperature) it wins 14-31%, so a GRPO group

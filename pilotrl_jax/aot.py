@@ -478,10 +478,9 @@ def _sampler_inputs(model_cfg, mesh, B: int, W: int, params_dtype=None):
     if B % shards:
         raise AOTError(f"the sampler's {B} rows (rollout.max_batch) are not a multiple of data*fsdp={shards}; "
                        "the cache's rows are sharded over them")
-    shape = (model_cfg.num_layers, B, W, model_cfg.num_kv_heads, model_cfg.head_dim)
-    cs = sh.named_sharding(mesh, engine.CACHE_AXES, shape)
     dt = llama.dtype_of(model_cfg.dtype)  # the engine's default cache dtype
-    cache = {"k": _sds(shape, dt, cs), "v": _sds(shape, dt, cs)}
+    cache = engine.cache_structure(model_cfg, B, W, dt,
+                                   lambda shape, d, axes: _sds(shape, d, sh.named_sharding(mesh, axes, shape)))
     return abstract_params(model_cfg, mesh, params_dtype), cache
 
 

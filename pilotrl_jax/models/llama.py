@@ -136,6 +136,15 @@ class Attention(nn.Module):
 
 def _attend(q, k, v, mask, dt):
     """Masked softmax attention: q [B, T, K, G, Dh], k/v [B, S, K, Dh], mask [B, T, S] -> [B, T, K, G, Dh]."""
+    if q.shape[1] == 1:
+        # One query per row (a decode step): multiply and reduce, which XLA fuses into one pass over the
+        # cache; as a dot, the [B, S, K, Dh] cache is first transposed to put K ahead of S (4x slower).
+        scores = jnp.sum(q[:, 0, None].astype(jnp.float32) * k[:, :, :, None].astype(jnp.float32), axis=-1)
+        scores = scores * (1.0 / math.sqrt(q.shape[-1]))  # [B, S, K, G]
+        scores = jnp.where(mask[:, 0, :, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=1)
+        out = jnp.sum(probs[..., None] * v[:, :, :, None].astype(jnp.float32), axis=1)
+        return out[:, None].astype(dt)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / math.sqrt(q.shape[-1]))
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
@@ -209,6 +218,13 @@ class Llama(nn.Module):
                 length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, new = scanned(c, name="layers")(x, layer_cache, cos, sin, mask, write_pos)
+        elif cache is not None and isinstance(cache["k"], (list, tuple)):  # one array per layer
+            ks, vs = [], []
+            for i in range(c.num_layers):
+                x, (k, v) = block(c, name=f"layers_{i}")(x, (cache["k"][i], cache["v"][i]), cos, sin, mask, write_pos)
+                ks.append(k)
+                vs.append(v)
+            new = (ks, vs)
         else:
             new = layer_cache  # every layer writes its own slots of the stacked cache
             for i in range(c.num_layers):
@@ -317,10 +333,16 @@ def forward_with_cache(config: LlamaConfig, params: Params, input_ids, positions
     Each token's key/value is written at cache slot == its position (writes past the cache end are
     dropped); a query at position p attends to slots 0..p. Padding tokens in a chunk may take any
     position past the row's real tokens: their slots are overwritten by the row's next real tokens.
+    The cache is stacked ([layers, B, S, kv, hd] each) or, unscanned, lists of one [B, S, kv, hd] per
+    layer (a decode loop carries these: no per-step copy of a layer's slice).
     """
     input_ids = jnp.asarray(input_ids, jnp.int32)
     positions = jnp.asarray(positions, jnp.int32)
-    S = cache["k"].shape[2]
+    k = cache["k"]
+    if isinstance(k, (list, tuple)) and (config.scan_layers or len(k) != config.num_layers):
+        raise ValueError(f"a per-layer KV cache needs scan_layers=False and {config.num_layers} arrays; "
+                         f"got {len(k)} with scan_layers={config.scan_layers}: pass a stacked cache")
+    S = (k[0] if isinstance(k, (list, tuple)) else k).shape[-3]
     mask = jnp.arange(S)[None, None, :] <= positions[:, :, None]
     logits, new_cache = Llama(config).apply({"params": params}, input_ids, positions, mask,
                                             cache=cache, write_pos=positions)

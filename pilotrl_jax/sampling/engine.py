@@ -11,7 +11,8 @@ Life of an episode (the rollout loop's view)::
     eng.release(hs)                              # rows are free for new episodes
 
 Design:
-- One KV cache [layers, max_batch, max_len, kv_heads, head_dim] holds every live episode in a row;
+- One KV cache (per layer [max_batch, max_len, kv_heads, head_dim], stacked over layers when the
+  model scans them: `cache_structure`) holds every live episode in a row;
   a token's key/value sits at slot == its position (`llama.forward_with_cache`). Every episode keeps
   its full token list; all tokens but the last ("pending") are in the cache. `start`/`append` only
   record tokens; the next `generate` pre-fills what is not cached yet (chunked), then feeds the
@@ -96,18 +97,31 @@ class _Episode:
 
 
 # ----------------------------------------------------------------------------- jitted kernels
+def cache_structure(config: LlamaConfig, batch: int, length: int, dtype, make) -> dict:
+    """The engine's KV cache layout, leaves built by `make(shape, dtype, axes)`: with scanned layers one
+    stacked [layers, B, S, kv, hd] array per k/v; unscanned, a list of one [B, S, kv, hd] per layer, so
+    a layer's slots are never sliced out of a stacked array (a copy of the whole layer per call)."""
+    tail = (batch, length, config.num_kv_heads, config.head_dim)
+    if config.scan_layers:
+        return {n: make((config.num_layers,) + tail, dtype, CACHE_AXES) for n in ("k", "v")}
+    return {n: [make(tail, dtype, CACHE_AXES[1:]) for _ in range(config.num_layers)] for n in ("k", "v")}
+
+
 def _constrain(cache, mesh):
     if mesh is None:
         return cache
     return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, sh.named_sharding(mesh, CACHE_AXES, x.shape)), cache)
+        lambda x: jax.lax.with_sharding_constraint(x, sh.named_sharding(mesh, CACHE_AXES[-x.ndim:], x.shape)),
+        cache)  # a stacked cache, or one layer's [B, S, K, Dh]
 
 
 @functools.partial(jax.jit, static_argnames=("window", "mesh"))
 def _gather(cache, rows, *, window, mesh):
     """Rows `rows` (out-of-range → zeros) and the first `window` slots of the cache."""
     TRACE_COUNTS["gather"] += 1
-    sub = jax.tree.map(lambda x: jnp.take(x[:, :, :window], rows, axis=1, mode="fill", fill_value=0), cache)
+    # axis b = the batch axis: 1 in a stacked [L, B, S, ...] leaf, 0 in a per-layer [B, S, ...] one
+    sub = jax.tree.map(lambda x: jnp.take(jax.lax.slice_in_dim(x, 0, window, axis=x.ndim - 3), rows,
+                                          axis=x.ndim - 4, mode="fill", fill_value=0), cache)
     return _constrain(sub, mesh)
 
 
@@ -115,8 +129,8 @@ def _gather(cache, rows, *, window, mesh):
 def _scatter(cache, sub, rows, *, mesh):
     """Write a sub-cache back into its rows (out-of-range rows dropped)."""
     TRACE_COUNTS["scatter"] += 1
-    W = sub["k"].shape[2]
-    out = jax.tree.map(lambda x, s: x.at[:, rows, :W].set(s, mode="drop"), cache, sub)
+    out = jax.tree.map(lambda x, s: x.at[(slice(None),) * (x.ndim - 4) + (rows, slice(0, s.shape[-3]))].set(
+        s, mode="drop"), cache, sub)
     return _constrain(out, mesh)
 
 
@@ -133,7 +147,7 @@ def _decode(config, params, cache, state, stop_table, trigger, sampling, n_steps
     """Up to `n_steps` (<= chunk) decode steps: feed each row's pending token, sample the next one."""
     TRACE_COUNTS["decode"] += 1
     B = state["tok"].shape[0]
-    W = cache["k"].shape[2]
+    W = jax.tree.leaves(cache)[0].shape[-3]
     temperature, top_k, top_p = sampling
 
     def cond(c):
@@ -195,14 +209,15 @@ class SamplerEngine:
         if mesh is not None:
             params = jax.device_put(params, llama.param_shardings(config, mesh))
         self.params = params
-        shape = (config.num_layers, self.max_batch, self.max_len, config.num_kv_heads, config.head_dim)
         dt = llama.dtype_of(cache_dtype or config.dtype)
-        make = lambda: {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+        make = lambda: cache_structure(config, self.max_batch, self.max_len, dt,
+                                       lambda shape, d, axes: jnp.zeros(shape, d))
         if mesh is None:
             self.cache = make()
         else:
-            s = sh.named_sharding(mesh, CACHE_AXES, shape)
-            self.cache = jax.jit(make, out_shardings={"k": s, "v": s})()
+            shard = cache_structure(config, self.max_batch, self.max_len, dt,
+                                    lambda shape, d, axes: sh.named_sharding(mesh, axes, shape))
+            self.cache = jax.jit(make, out_shardings=shard)()
         self._eps: dict[int, _Episode] = {}
         self._free = list(range(self.max_batch))
         self._next_id = 0

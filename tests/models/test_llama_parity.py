@@ -75,18 +75,33 @@ def test_bf16_compute_is_close_to_fp32(hf_factory):
     assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.8
 
 
-def test_cache_path_matches_full_forward(hf_factory):
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_cache_path_matches_full_forward(hf_factory, per_layer):
+    """Prefill chunks and single-token steps (the decode form) against the KV cache give the full
+    forward's logits, with the stacked cache and with one array per layer."""
     _, path = hf_factory()
     config, params = hf_io.load_hf(path)
     ids = np.random.default_rng(2).integers(3, config.vocab_size, size=(2, 24))
     full = np.asarray(llama.forward(config, params, ids))
     cache = llama.init_cache(config, 2, 32)
+    if per_layer:
+        cache = {n: [x[i] for i in range(config.num_layers)] for n, x in cache.items()}
     outs = []
-    for lo, hi in ((0, 10), (10, 11), (11, 24)):
+    for lo, hi in ((0, 10), (10, 11), (11, 12), (12, 24)):
         pos = np.broadcast_to(np.arange(lo, hi), (2, hi - lo))
         lg, cache = llama.forward_with_cache(config, params, ids[:, lo:hi], pos, cache)
         outs.append(np.asarray(lg))
+    assert isinstance(cache["k"], list) == per_layer
     np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5)
+
+
+def test_per_layer_cache_is_refused_with_scanned_layers(hf_factory):
+    _, path = hf_factory()
+    config, params = hf_io.load_hf(path, scan_layers=True)
+    cache = llama.init_cache(config, 1, 8)
+    cache = {n: [x[i] for i in range(config.num_layers)] for n, x in cache.items()}
+    with pytest.raises(ValueError, match="scan_layers=False"):
+        llama.forward_with_cache(config, params, np.ones((1, 1)), np.zeros((1, 1)), cache)
 
 
 @pytest.mark.parametrize("chunk", [16])

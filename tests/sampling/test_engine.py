@@ -238,4 +238,6 @@ def test_mesh_matches_single_device(tiny_hf):
     assert [r.tokens for r in res] == [r.tokens for r in ref]
     np.testing.assert_allclose([r.logprobs for r in res], [r.logprobs for r in ref], atol=1e-4)
     eng = SamplerEngine(config, params, max_batch=8, max_len=128, mesh=mesh)
-    assert eng.cache["k"].sharding.spec[1] == ("data", "fsdp")
+    leaf = jax.tree.leaves(eng.cache)[0]  # per layer [B, S, kv, hd] (stacked over layers if scanned)
+    assert leaf.ndim == (5 if config.scan_layers else 4)
+    assert leaf.sharding.spec[leaf.ndim - 4] == ("data", "fsdp")

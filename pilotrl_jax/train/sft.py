@@ -20,7 +20,7 @@ import optax
 from pilotrl_jax import distributed as dist
 from pilotrl_jax.models import llama
 from pilotrl_jax.rl import masks as masks_lib
-from pilotrl_jax.rollout import ForcedPolicy, RolloutRunner, expert_turn
+from pilotrl_jax.rollout import ForcedPolicy, RecoveryTurns, RolloutRunner, expert_turn
 from pilotrl_jax.rollout.batch import bucket_length
 from pilotrl_jax.train.config import _split
 
@@ -67,13 +67,21 @@ def opt_state_shardings(tx, params, mesh):
                                             is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
-def collect_demos(ctx, tasks, mode: str, replan, seed: int) -> Any:
-    """Expert-driven rollouts (RolloutBatch) on `tasks` in `mode`."""
+def collect_demos(ctx, tasks, mode: str, replan, seed: int, recovery_rate: float = 0.0) -> Any:
+    """Expert-driven rollouts (RolloutBatch) on `tasks` in `mode`.
+
+    With `recovery_rate` > 0, turns carry injected mistakes the expert then recovers from
+    (`RecoveryTurns`); those turns are relabelled EXTERNAL_ACTION, so they are context, never trained.
+    """
     from pilotrl_jax.train.evaluation import rollout_config
 
     rc = rollout_config(ctx, group_size=1, mode=mode, replan=replan, temperature=1.0, top_p=1.0, seed=seed)
-    policy = ForcedPolicy(expert_turn, max_len=int(ctx.cfg.agent.token_budget))
-    return RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc).run(list(tasks))
+    turns = RecoveryTurns(recovery_rate, seed) if recovery_rate > 0 else expert_turn
+    policy = ForcedPolicy(turns, max_len=int(ctx.cfg.agent.token_budget))
+    batch = RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc).run(list(tasks))
+    if recovery_rate > 0:
+        turns.mark_injected(batch)
+    return batch
 
 
 def demo_arrays(ctx, st, stage_dir: str) -> dict:
@@ -84,11 +92,13 @@ def demo_arrays(ctx, st, stage_dir: str) -> dict:
             return dict(z)
     modes = _split(ctx.cfg.stages[st.name].mode or ctx.cfg.agent.mode)
     parts = []
+    rate = float(ctx.cfg.sft.recovery_rate)
     for i, mode in enumerate(modes):
-        batch = collect_demos(ctx, ctx.train_tasks, mode, st.replan or ctx.cfg.agent.replan, ctx.cfg.seed + i)
-        ok = [e for e in batch.episodes if e.won]
-        batch.episodes = ok  # only successful demonstrations
-        parts.append(batch)
+        replan = st.replan or ctx.cfg.agent.replan
+        for r in ([0.0, rate] if rate > 0 else [0.0]):  # with recovery: a clean and a noisy demo per task
+            batch = collect_demos(ctx, ctx.train_tasks, mode, replan, ctx.cfg.seed + i, recovery_rate=r)
+            batch.episodes = [e for e in batch.episodes if e.won]  # only successful demonstrations
+            parts.append(batch)
     T = max(max(e.length for e in b.episodes) for b in parts if b.episodes)
     T = int(-(-T // 64) * 64)
     arrs = [b.to_arrays(pad_to=T) for b in parts if b.episodes]

@@ -10,7 +10,7 @@ from pilotrl_jax.envs.base import Task
 from pilotrl_jax.envs.process import EnvPool
 from pilotrl_jax.models import llama
 from pilotrl_jax.models.config import LlamaConfig
-from pilotrl_jax.rollout import ExpertPlans, ForcedPolicy, collect, expert_turn
+from pilotrl_jax.rollout import ExpertPlans, ForcedPolicy, RecoveryTurns, collect, expert_turn
 from pilotrl_jax.sampling import SamplerEngine
 
 pytestmark = pytest.mark.slow
@@ -97,6 +97,44 @@ def test_alfworld_expert_forced_stage1(alf, tok):
         kinds = [s.kind for s in e.spans]
         assert SpanKind.PLAN not in kinds and kinds.count(SpanKind.EXTERNAL_PLAN) == e.num_turns
         assert e.spans[1].text.startswith("<global_plan>Step 1: Go to")  # expert_plan_steps wording
+
+
+def test_alfworld_recovery_demos_inject_mistakes_the_expert_recovers_from(alf, tok):
+    """Demonstrations with injected mistakes: each is a repeated command (rejected) or another legal
+    move, at most two an episode and never two in a row; the expert still wins every episode, and
+    `mark_injected` turns exactly the mistakes into never-trained EXTERNAL_ACTION spans."""
+    from pilotrl_jax.rl import masks
+
+    tasks, envs = alf
+    turns = RecoveryTurns(0.5, seed=3)
+    batch = collect(tasks, ForcedPolicy(turns), envs, tok, max_turns=40, progress=False)
+    assert batch.statuses == ["success"] * 4
+    assert turns.mark_injected(batch) == len(turns.injected) > 0
+    again = RecoveryTurns(0.5, seed=3)  # draws depend on (seed, task, sample, turn), not on call order
+    collect(tasks[::-1], ForcedPolicy(again), envs, tok, max_turns=40, progress=False)
+    assert again.injected == turns.injected
+    for e in batch.episodes:
+        acts = [(i, s) for i, s in enumerate(e.spans) if s.kind in (SpanKind.ACTION, SpanKind.EXTERNAL_ACTION)]
+        flags = [s.kind == SpanKind.EXTERNAL_ACTION for _, s in acts]
+        assert sum(flags) <= 2 and not flags[0] and not any(a and b for a, b in zip(flags, flags[1:]))
+        for j, (i, s) in enumerate(acts):
+            if not flags[j]:
+                continue
+            cmd = s.text.split("<action>")[1].split("</action>")[0]
+            repeated = cmd == acts[j - 1][1].text.split("<action>")[1].split("</action>")[0]
+            assert repeated or cmd.startswith(("go to", "open", "close", "examine", "look", "inventory"))
+            if repeated and cmd.startswith("go to"):
+                assert "Nothing happens." in e.spans[i + 1].text
+        arr = batch.to_arrays()
+    kinds = arr["kind_ids"]
+    lm = np.asarray(masks.loss_mask(kinds, ("plan", "action")))
+    assert (kinds == int(SpanKind.EXTERNAL_ACTION)).any() and not lm[kinds == int(SpanKind.EXTERNAL_ACTION)].any()
+    assert lm[kinds == int(SpanKind.ACTION)].all()
+
+
+def test_recovery_rate_is_checked():
+    with pytest.raises(ValueError, match="recovery rate=1.5"):
+        RecoveryTurns(1.5, seed=0)
 
 
 def _jvm_pool(factory, **kw):

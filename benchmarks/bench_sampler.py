@@ -1,14 +1,17 @@
 """Sampler benchmark (CPU): decode tokens/s vs transformers `generate`, and a 10-turn episode.
 
-Prints two tables:
+Prints three tables:
 1. greedy generation of N new tokens from same-length prompts at batch 1/8/32, ours (jitted KV-cache
    engine, measured after a warm-up call that compiles) vs transformers `generate` on the same weights,
    with the ratio measured in this run;
 2. a multi-turn episode batch (generate, append an observation, ... for 10 turns): tokens the model
    processed in total (prefill + decode) vs tokens in the final sequences (ideal 1.00), and wall time
-   vs re-prefilling the whole history from scratch every turn.
+   vs re-prefilling the whole history from scratch every turn;
+3. milliseconds per decode step at batch 64 with 256/512/1024 cache slots, against one cached
+   transformers forward per token.
 
 Usage: python benchmarks/bench_sampler.py [--model smollm2|tiny] [--batches 1,8,32] [--new-tokens 64]
+       [--windows 256,512,1024] [--scan-layers]
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def _load(model_name: str):
+def _load(model_name: str, scan_layers: bool = False):
     import torch
     import transformers
 
@@ -45,7 +48,7 @@ def _load(model_name: str):
         transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
-    config, params = hf_io.load_hf(path, scan_layers=True)
+    config, params = hf_io.load_hf(path, scan_layers=scan_layers)
     return model, config, params
 
 
@@ -71,7 +74,7 @@ def bench_throughput(model, config, params, batches, n_new, prompt_len):
 
     rng = np.random.default_rng(0)
     print(f"\n## greedy decode, prompt {prompt_len} tokens, {n_new} new tokens, CPU")
-    print(f"| batch | ours tok/s | transformers tok/s | ratio | ours compile+first call s | same tokens |")
+    print("| batch | ours tok/s | transformers tok/s | ratio | ours compile+first call s | same tokens |")
     print("|---|---|---|---|---|---|")
     for B in batches:
         prompts = rng.integers(3, config.vocab_size, size=(B, prompt_len)).tolist()
@@ -83,6 +86,50 @@ def bench_throughput(model, config, params, batches, n_new, prompt_len):
         same = sum(r.tokens == h for r, h in zip(ours, ref))
         tps_o, tps_h = B * n_new / t_ours, B * n_new / t_hf
         print(f"| {B} | {tps_o:.1f} | {tps_h:.1f} | {tps_o / tps_h:.2f}x | {first:.1f} | {same}/{B} |", flush=True)
+
+
+def bench_decode_step(model, config, params, batch, windows, steps=32):
+    """Table 3: milliseconds per decode step (one token for every row) with W-1 tokens cached.
+
+    Ours: the engine's on-device decode loop over a cache of W slots (top-p 0.9 sampling);
+    transformers: one cached forward of a token per row after a prefill of W-1 tokens (no sampling).
+    """
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from pilotrl_jax.sampling import engine as E
+
+    print(f"\n## decode step, batch {batch}, W-1 tokens cached, CPU ({'scanned' if config.scan_layers else 'unscanned'} "
+          "layers)")
+    print("| cache slots W | ours ms/step | transformers ms/step | ratio |")
+    print("|---|---|---|---|")
+    for W in windows:
+        cache = E.cache_structure(config, batch, W, jnp.float32, lambda shape, d, axes: jnp.zeros(shape, d))
+        V = config.vocab_size
+        state = dict(tok=jnp.zeros(batch, jnp.int32), pos=jnp.full(batch, W - steps - 1, jnp.int32),
+                     done=jnp.zeros(batch, bool), reason=jnp.zeros(batch, jnp.int32),
+                     n_new=jnp.zeros(batch, jnp.int32), limit=jnp.full(batch, 1 << 30, jnp.int32),
+                     keys=jnp.zeros((batch, 2), jnp.uint32))
+        none = jnp.zeros(V, bool)
+        args = (none, none, (jnp.float32(0.6), jnp.int32(0), jnp.float32(0.9)), jnp.int32(steps), jnp.int32(1 << 30))
+        run = lambda c: E._decode(config, params, c, state, *args, mode="top_p", chunk=steps, mesh=None)
+        cache = run(cache)[0]
+        jax.block_until_ready(cache)
+        t = time.perf_counter()
+        for _ in range(3):
+            cache, _, out, _ = run(cache)
+        jax.block_until_ready(out)
+        ours = (time.perf_counter() - t) / (3 * steps) * 1000
+        ids = torch.randint(3, V, (batch, W))
+        with torch.no_grad():
+            past = model(ids[:, :-1], use_cache=True).past_key_values
+            model(ids[:, -1:], past_key_values=past)  # warm-up (the cache grows by one slot)
+            t = time.perf_counter()
+            for i in range(steps):
+                model(ids[:, -1:], past_key_values=past)
+            hf = (time.perf_counter() - t) / steps * 1000
+        print(f"| {W} | {ours:.1f} | {hf:.1f} | {hf / ours:.2f}x |", flush=True)
 
 
 def bench_episode(config, params, batch, turns, gen_tokens, obs_tokens, prompt_len):
@@ -140,15 +187,19 @@ def main(argv=None):
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--episode-batch", type=int, default=8)
+    ap.add_argument("--decode-batch", type=int, default=64)
+    ap.add_argument("--windows", default="256,512,1024", help="cache slots for the decode-step table")
+    ap.add_argument("--scan-layers", action="store_true", help="load with scanned layers (one stacked KV cache)")
     args = ap.parse_args(argv)
     import jax
 
-    model, config, params = _load(args.model)
+    model, config, params = _load(args.model, args.scan_layers)
     print(f"model {args.model}: {config.num_params / 1e6:.1f}M params; jax {jax.__version__} on "
           f"{jax.devices()[0].platform}, {os.cpu_count()} cores")
     bench_throughput(model, config, params, [int(b) for b in args.batches.split(",")], args.new_tokens,
                      args.prompt_len)
     bench_episode(config, params, args.episode_batch, args.turns, 24, 16, args.prompt_len)
+    bench_decode_step(model, config, params, args.decode_batch, [int(w) for w in args.windows.split(",")])
 
 
 if __name__ == "__main__":

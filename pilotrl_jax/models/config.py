@@ -235,7 +235,7 @@ def run_config_overrides(model_section) -> dict:
     """Our own LlamaConfig fields from a run config's `model` section (missing keys keep the defaults)."""
     out = dict(dtype=model_section.dtype, param_dtype=model_section.param_dtype,
                scan_layers=bool(model_section.scan_layers), remat_policy=model_section.remat_policy)
-    chunk = model_section.get("attention_query_chunk") if hasattr(model_section, "get") else None
+    chunk = model_section.get("attention_query_chunk")  # absent in configs written before it existed
     if chunk is not None:
         out["attention_query_chunk"] = int(chunk)
     return out

@@ -125,10 +125,9 @@ class Attention(nn.Module):
         if cache is None and 0 < chunk < T:
             # Causal self-attention (the no-cache mask never lets a query see a later slot): the
             # queries of block [a, b) read only keys [0, b).
-            out = jnp.concatenate([
-                _attend(q[:, a:min(a + chunk, T)], k[:, :min(a + chunk, T)], v[:, :min(a + chunk, T)],
-                        mask[:, a:min(a + chunk, T), :min(a + chunk, T)], dt)
-                for a in range(0, T, chunk)], axis=1)
+            ends = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
+            out = jnp.concatenate([_attend(q[:, a:b], k[:, :b], v[:, :b], mask[:, a:b, :b], dt) for a, b in ends],
+                                  axis=1)
         else:
             out = _attend(q, k, v, mask, dt)
         return jnp.einsum("bthk,hkd->btd", out.reshape(B, T, H, Dh), wo), new_cache

@@ -123,11 +123,11 @@ def bench_decode_step(model, config, params, batch, windows, steps=32):
         ours = (time.perf_counter() - t) / (3 * steps) * 1000
         ids = torch.randint(3, V, (batch, W))
         with torch.no_grad():
-            past = model(ids[:, :-1], use_cache=True).past_key_values
-            model(ids[:, -1:], past_key_values=past)  # warm-up (the cache grows by one slot)
+            past = model(ids[:, :-1], use_cache=True).cache  # transformers 5.x names it `cache`
+            model(ids[:, -1:], cache=past)  # warm-up (the cache grows by one slot)
             t = time.perf_counter()
             for i in range(steps):
-                model(ids[:, -1:], past_key_values=past)
+                model(ids[:, -1:], cache=past)
             hf = (time.perf_counter() - t) / steps * 1000
         print(f"| {W} | {ours:.1f} | {hf:.1f} | {hf / ours:.2f}x |", flush=True)
 

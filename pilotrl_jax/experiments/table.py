@@ -42,7 +42,7 @@ def table_config(cfg, seed: int):
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean, std and per-seed values of success per (model, mode), in the table's order."""
+    """Mean, sample std (ddof 1) and per-seed values of success per (model, mode), in the table's order."""
     by = collections.defaultdict(list)
     for r in rows:
         by[(r["model"], r["mode"])].append(r["success_rate"])
@@ -50,13 +50,14 @@ def summarize(rows: list[dict]) -> list[dict]:
     for key in ORDER + sorted(set(by) - set(ORDER)):
         if key in by:
             v = np.asarray(by[key])
-            out.append({"model": key[0], "mode": key[1], "mean": float(v.mean()), "std": float(v.std()),
+            std = float(v.std(ddof=1)) if len(v) > 1 else 0.0  # the sample std over seeds
+            out.append({"model": key[0], "mode": key[1], "mean": float(v.mean()), "std": std,
                         "seeds": len(v), "values": v.tolist()})
     return out
 
 
 def format_summary(summary: list[dict]) -> str:
-    """Plain-text table: success % mean ± std over seeds."""
+    """Plain-text table: success % mean ± sample std over seeds."""
     lines = [f"{'model':<14} {'mode':<8} {'success % (mean ± std)':>24} {'seeds':>6}", "-" * 56]
     for s in summary:
         lines.append(f"{s['model']:<14} {s['mode']:<8} {s['mean'] * 100:>15.1f} ± {s['std'] * 100:<5.1f} {s['seeds']:>6}")

@@ -230,8 +230,10 @@ def test_evidence_table_summary():
             for s, v in ((0, 0.2), (1, 0.4)) for m, mode in (("stage3", "adaplan"), ("warm_start", "react"))]
     summ = summarize(rows)
     assert [(x["model"], x["mode"]) for x in summ] == [("warm_start", "react"), ("stage3", "adaplan")]
-    assert summ[0]["mean"] == pytest.approx(0.3) and summ[0]["std"] == pytest.approx(0.1) and summ[0]["seeds"] == 2
-    assert "30.0 ± 10.0" in format_summary(summ)
+    assert summ[0]["mean"] == pytest.approx(0.3) and summ[0]["seeds"] == 2
+    assert summ[0]["std"] == pytest.approx(0.1 * 2 ** 0.5)  # the sample std of two seeds
+    assert "30.0 ± 14.1" in format_summary(summ)
+    assert summarize(rows[:1])[0]["std"] == 0.0
 
 
 def test_a_step_whose_every_episode_hit_an_env_error_stops_the_stage():

@@ -167,13 +167,17 @@ def expert_turn(ctx) -> str:
         steps = expert_plan_from_actions(ep.env, expert) or ["Look around for what the task needs."]
         return prompts.plan_text(steps)
     action = expert[0] if expert else ep.noop_action
-    step = getattr(expert, "step", None)  # the plan step this command carries out, if the expert says
+    return _executor_text(action, getattr(expert, "step", None))
+
+
+def _executor_text(action: str, step: Optional[int]) -> str:
+    """The expert's executor turn for `action`; `step` is the plan step it carries out (None: the first)."""
     return (f"<thought>According to Step {1 if step is None else step + 1} of the global plan, I should {action}."
             f"</thought><action>{action}</action>")
 
 
-# Commands that change what the agent holds or an object's state: never injected as a mistake (the
-# expert's search would have to undo them); moving, opening and looking are.
+# The only commands injected as mistakes: moving, opening and looking. Taking, putting or using an
+# object is never injected (the expert's search would have to undo it).
 _SAFE_VERBS = ("go to", "open", "close", "examine", "look", "inventory")
 
 
@@ -218,9 +222,7 @@ class RecoveryTurns:
         if mistake is not None:
             self.injected.add(key + (turn,))
             self._count[key] = self._count.get(key, 0) + 1
-            step = getattr(ctx.expert, "step", None)
-            text = (f"<thought>According to Step {1 if step is None else step + 1} of the global plan, I should "
-                    f"{mistake}.</thought><action>{mistake}</action>")
+            text = _executor_text(mistake, getattr(ctx.expert, "step", None))
         self._last[key] = (turn, expert if mistake is None else mistake)
         return text
 

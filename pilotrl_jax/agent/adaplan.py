@@ -113,6 +113,7 @@ class AgentEpisode:
         self.format_errors = 0  # malformed plan spans + malformed executor spans
         self.num_turns = 0  # executor turns (env actions) so far
         self.final_info: dict = {}
+        self.turn_scores: list[Optional[float]] = []  # the env's score after each executor turn (None: not reported)
         self._fed = 0  # tokens the sampler has already consumed
         self._turn_text = ""  # parse carry within the current assistant turn (straddling tokens)
         self._planned_this_turn = False
@@ -310,6 +311,8 @@ class AgentEpisode:
             raise TypeError(f"observation must be str, got {type(observation).__name__}")
         info = dict(info or {})
         self.observations.append(observation)
+        score = info.get("score")
+        self.turn_scores.append(float(score) if isinstance(score, (int, float)) else None)
         if done:
             self.final_info = info
             self.finish("success" if info.get("won") else "env_done")

@@ -18,6 +18,10 @@ the episode's last policy token by the trainer:
 - wasted-turn credit (ours, off by default; not part of r): `wasted_turn_advantage` is added by the
   trainer to the advantage of every token of a wasted turn (`wasted_turn_token_values`), so the turn
   that caused the waste is the one pushed down, not the whole episode.
+- step-level credit (GiGPO, off by default; not part of r): with `step_advantage_weight` > 0 the
+  trainer adds weight x a per-turn advantage to each executor turn's tokens: turns taken from the same
+  anchor state (same group, same accepted commands so far: `anchor_keys`) compare their discounted
+  returns (`turn_rewards`, `step_gamma`), normalized within that state's group (`rl.step_groups`).
 - plan_term: the judge's normalized plan score in [0, 1] (or the raw 1..5 with `plan_scale="raw"`).
   Where the judgement failed (ok False / missing) the term is dropped for that episode (0) and the
   episode is counted in `judge_failures`; it is never scored as a bad plan.
@@ -25,7 +29,7 @@ the episode's last policy token by the trainer:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -51,6 +55,9 @@ class RewardConfig:
     invalid_action_penalty: float = 0.0  # per wasted turn (rejected action or format error); 0 disables
     invalid_action_floor: float = -0.5  # the invalid-action term never goes below this
     wasted_turn_advantage: float = 0.0  # added to the advantage of each token of a wasted turn; 0 disables
+    step_advantage_weight: float = 0.0  # GiGPO's step-level credit: weight of the anchor-state advantage; 0 disables
+    step_gamma: float = 0.95  # discount of the per-turn returns the step-level credit compares
+    step_norm: str = "std"  # step groups: "std" (mean and std, GiGPO's default) or "mean" (mean only)
     plan_weight: float = 0.0  # stage 2: > 0 adds plan_weight * plan score
     plan_scale: str = "unit"  # "unit": normalized [0, 1]; "raw": 1..5
 
@@ -74,6 +81,13 @@ class RewardConfig:
         if self.wasted_turn_advantage > 0:
             raise ValueError(f"RewardConfig.wasted_turn_advantage={self.wasted_turn_advantage}; expected <= 0 "
                              "(a penalty on the wasted turn's own tokens, e.g. -0.5; 0 disables)")
+        if self.step_advantage_weight < 0:
+            raise ValueError(f"RewardConfig.step_advantage_weight={self.step_advantage_weight}; expected >= 0 "
+                             "(GiGPO: 1.0; 0 disables the step-level credit)")
+        if not 0.0 <= self.step_gamma <= 1.0:
+            raise ValueError(f"RewardConfig.step_gamma={self.step_gamma}; expected a discount in [0, 1] (GiGPO: 0.95)")
+        if self.step_norm not in ("std", "mean"):
+            raise ValueError(f"RewardConfig.step_norm={self.step_norm!r}; expected 'std' or 'mean'")
         if self.plan_weight < 0:
             raise ValueError(f"RewardConfig.plan_weight={self.plan_weight}; expected >= 0 (0 disables the plan term)")
 
@@ -143,6 +157,66 @@ def wasted_turn_token_values(episode: Any, value: float) -> np.ndarray:
         v = float(value) if s.kind == SpanKind.ACTION and next(flags) else 0.0
         out.extend([v] * len(s.token_ids))
     return np.asarray(out, np.float32)
+
+
+def anchor_keys(episode: Any, group: Hashable) -> list[tuple]:
+    """One anchor-state key per ACTION span of an `AgentEpisode`: (group, the commands the environment
+    accepted before that turn). In a deterministic environment those commands fix the state, so two
+    turns with one key act from the same state (a rejected command or a format error leaves it as it was)."""
+    flags = wasted_turns(episode)
+    actions = list(getattr(episode, "actions", []))
+    if len(actions) != len(flags):
+        raise ValueError(f"episode has {len(flags)} executor turns but {len(actions)} env actions; "
+                         "anchor_keys needs an AgentEpisode built by add_policy_output")
+    keys, accepted = [], []
+    for a, wasted in zip(actions, flags):
+        keys.append((group, tuple(accepted)))
+        if not wasted:
+            accepted.append(" ".join(str(a).lower().split()))
+    return keys
+
+
+def turn_rewards(episode: Any, terminal: float, from_scores: bool = False) -> np.ndarray:
+    """Per executor turn of an `AgentEpisode`, the reward that turn earned.
+
+    With `from_scores` and the env's score reported after every turn (`AgentEpisode.turn_scores`, e.g.
+    ALFWorld's progress score): each turn's rise of the score. Otherwise 0, and `terminal` (the
+    episode's outcome, >= 0) on the last turn. Never a penalty: a negative reward, discounted, would
+    credit a turn for how many turns were left after it (a failed episode's early turns would look
+    better than its late ones)."""
+    n = len(wasted_turns(episode))
+    r = np.zeros(n)
+    scores = list(getattr(episode, "turn_scores", []))[:n]
+    if from_scores and n and scores and all(x is not None for x in scores):
+        s = np.clip(np.asarray(scores + [scores[-1]] * (n - len(scores)), np.float64), 0.0, 1.0)
+        return np.maximum(np.diff(s, prepend=0.0), 0.0)
+    if n:
+        r[-1] = max(float(terminal), 0.0)
+    return r
+
+
+def step_advantage_token_values(episodes: Sequence[Any], groups: Sequence[Hashable], terminal: Sequence[float],
+                                cfg: "RewardConfig") -> list[np.ndarray]:
+    """GiGPO's step-level credit as per-token arrays (`flatten_spans` order), one per episode:
+    `cfg.step_advantage_weight` x the turn's step-group advantage (`rl.step_groups`) on every token of
+    its ACTION span, 0 elsewhere. Episodes without an agent (None) get an empty array."""
+    from pilotrl_jax.agent.spans import SpanKind
+    from pilotrl_jax.rl.step_groups import discounted_returns, step_group_advantages
+
+    live = [i for i, e in enumerate(episodes) if e is not None]
+    keys = [anchor_keys(episodes[i], groups[i]) for i in live]
+    from_scores = cfg.outcome == "score"
+    rets = [discounted_returns(turn_rewards(episodes[i], terminal[i], from_scores), cfg.step_gamma) for i in live]
+    adv = step_group_advantages(keys, rets, cfg.step_norm)
+    out = [np.zeros(0, np.float32) for _ in episodes]
+    for i, a in zip(live, adv):
+        turn = iter(a)
+        vals = []
+        for s in episodes[i].spans:
+            v = float(cfg.step_advantage_weight) * float(next(turn)) if s.kind == SpanKind.ACTION else 0.0
+            vals.extend([v] * len(s.token_ids))
+        out[i] = np.asarray(vals, np.float32)
+    return out
 
 
 def rejected_action(observation: str) -> bool:

@@ -239,6 +239,32 @@ def wasted_turn_advantages(episodes, T: int, value: float) -> np.ndarray:
     return out
 
 
+def step_advantages(episodes, rewards, reward_cfg, T: int) -> np.ndarray:
+    """[B, T] GiGPO step-level advantage terms (`rewards.shaping.step_advantage_token_values`): turns taken
+    from one anchor state of a GRPO group compare their discounted returns; 0 off executor tokens."""
+    from pilotrl_jax.rewards.shaping import step_advantage_token_values
+
+    terminal = np.asarray(rewards.components["outcome"], np.float64)  # penalties stay episode-level (GRPO)
+    agents = [e.agent if e.status != "env_error" else None for e in episodes]  # cut short: not comparable
+    vals = step_advantage_token_values(agents, [e.group_id for e in episodes], terminal, reward_cfg)
+    out = np.zeros((len(episodes), T), np.float32)
+    for b, v in enumerate(vals):
+        out[b, :len(v)] = v
+    return out
+
+
+def turn_credit(episodes, rewards, reward_cfg, T: int) -> Optional[np.ndarray]:
+    """The per-token advantage terms a stage adds to its GRPO advantages: wasted-turn credit plus the
+    step-level credit (each when enabled in the reward config), or None when neither is."""
+    out = None
+    if reward_cfg.wasted_turn_advantage:
+        out = wasted_turn_advantages(episodes, T, reward_cfg.wasted_turn_advantage)
+    if reward_cfg.step_advantage_weight:
+        s = step_advantages(episodes, rewards, reward_cfg, T)
+        out = s if out is None else out + s
+    return out
+
+
 def params_checksum(params) -> float:
     """Sum of |params| in float64: a cheap fingerprint to check which params a stage started from.
 
@@ -317,9 +343,8 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
             arr = batch.to_arrays(pad_to=multihost.agreed_length(max(e.length for e in batch.episodes)))
         else:
             arr = batch.to_arrays()
-        credit = st.reward.wasted_turn_advantage
         rollout = training_batch(arr, st.trained_spans, rewards.reward,
-                                 wasted_turn_advantages(batch.episodes, arr["input_ids"].shape[1], credit) if credit else None,
+                                 turn_credit(batch.episodes, rewards, st.reward, arr["input_ids"].shape[1]),
                                  valid=np.array([e.status != "env_error" for e in batch.episodes]))
         if multihost.is_multihost():
             rollout = multihost.global_training_batch(rollout, plan, ctx.mesh)

@@ -342,3 +342,47 @@ def test_env_failed_episodes_neither_train_nor_enter_their_group_statistics(tmp_
         assert on.any()
         np.testing.assert_allclose(adv[b, on], expected[b], rtol=1e-5, atol=1e-6)
     assert np.abs(expected).max() > 0.5
+
+
+def test_step_credit_compares_the_turns_taken_from_one_state_on_a_real_rollout(tmp_path):
+    """GiGPO's step-level credit on a real rollout: the first executor turns of a group act from one
+    state and get their normalized discounted returns; every value sits on ACTION tokens, constant
+    over a turn; turn_credit adds it to the wasted-turn credit, and prepare() to the advantages."""
+    import dataclasses
+
+    from pilotrl_jax.rewards import compute_rewards
+    from pilotrl_jax.rewards.shaping import anchor_keys
+
+    ctx, st, params, batch = _real_stage3_rollout(tmp_path, seed=5)
+    arr = batch.to_arrays()
+    Tn = arr["input_ids"].shape[1]
+    eps = batch.episodes
+    won = [b % 3 == 0 for b in range(len(eps))]  # outcomes the untrained model cannot reach, assigned
+    rewards = compute_rewards([dict(won=w) for w in won], st.reward)
+    cfg = dataclasses.replace(st.reward, outcome="won", step_advantage_weight=1.0, step_gamma=0.9, step_norm="mean")
+    credit = T.turn_credit(eps, rewards, cfg, Tn)
+    assert T.turn_credit(eps, rewards, dataclasses.replace(cfg, step_advantage_weight=0.0), Tn) is None
+    on = credit != 0
+    assert on.any() and (arr["kind_ids"][on] == int(SpanKind.ACTION)).all()
+    act = arr["kind_ids"] == int(SpanKind.ACTION)
+    starts = [np.flatnonzero(act[b] & ~np.concatenate([[False], act[b][:-1]])) for b in range(len(eps))]
+    checked = 0
+    for g in set(e.group_id for e in eps):  # the state every episode starts from: all turns taken there
+        rows = [b for b, e in enumerate(eps) if e.group_id == g and e.agent is not None and e.agent.num_turns]
+        keys = {b: anchor_keys(eps[b].agent, g) for b in rows}
+        assert len({keys[b][0] for b in rows}) == 1
+        at = [(b, t) for b in rows for t, k in enumerate(keys[b]) if k == keys[rows[0]][0]]
+        rets = np.array([0.9 ** (eps[b].agent.num_turns - 1 - t) * won[b] for b, t in at])
+        got = np.array([credit[b, starts[b][t]] for b, t in at])
+        np.testing.assert_allclose(got, rets - rets.mean(), atol=1e-6)
+        checked += len(at) > len(rows)  # some episode came back to its first state (a rejected command)
+    assert checked
+    both = T.turn_credit(eps, rewards, dataclasses.replace(cfg, wasted_turn_advantage=-0.5), Tn)
+    np.testing.assert_allclose(both, credit + T.wasted_turn_advantages(eps, Tn, -0.5), atol=1e-6)
+    fns = ppo.build(ctx.model_cfg, st.ppo, None, donate=False)
+    state = ppo.init_train_state(ctx.model_cfg, st.ppo, params, jax.random.PRNGKey(0))
+    plain = fns.prepare(state, T.training_batch(arr, st.trained_spans, rewards.reward))
+    with_credit = fns.prepare(state, T.training_batch(arr, st.trained_spans, rewards.reward, credit))
+    mask = np.asarray(plain["loss_mask"]) > 0
+    np.testing.assert_allclose(np.asarray(with_credit["advantages"]) - np.asarray(plain["advantages"]),
+                               np.where(mask, credit, 0.0), atol=1e-6)

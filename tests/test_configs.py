@@ -60,3 +60,13 @@ def test_evidence_table_config_evaluates_every_stage_and_the_warm_start_in_both_
     cfg.stages.stage1.eval_modes = "adaplan,chat"
     with pytest.raises(ValueError, match="stages.stage1.eval_modes has 'chat'"):
         C.validate(cfg)
+
+
+def test_grpo_std_none_in_a_config_is_dr_grpo_and_a_bad_value_is_named():
+    cfg = _load(os.path.join(ROOT, "configs", "demo.py"))
+    assert C.resolve_stage(cfg, "stage3").ppo.grpo_std == "unbiased"
+    cfg.rl.grpo_std = "none"
+    assert C.resolve_stage(cfg, "stage3").ppo.grpo_std is None
+    cfg.rl.grpo_std = "sample"
+    with pytest.raises(ValueError, match="grpo_std='sample'"):
+        C.resolve_stage(cfg, "stage3")

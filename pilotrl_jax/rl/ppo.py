@@ -45,7 +45,7 @@ class PPOConfig:
     # advantages
     advantage_estimator: str = "grpo"  # grpo | rloo | gae
     grpo_eps: float = 1e-6
-    grpo_std: Optional[str] = "unbiased"  # torch.std as in verl; "biased"; None = Dr.GRPO
+    grpo_std: Optional[str] = "unbiased"  # torch.std as in verl; "biased"; None = Dr. GRPO (mean only; "none" in a config)
     gamma: float = 1.0
     lam: float = 1.0
     whiten_advantages: bool = False  # whiten over trained tokens of the batch (common with GAE)
@@ -93,6 +93,9 @@ class PPOConfig:
             )
         if self.advantage_estimator == "gae" and not self.use_critic:
             raise ValueError("advantage_estimator='gae' needs a critic; set use_critic=True (or use grpo/rloo)")
+        if self.grpo_std not in ("unbiased", "biased", None):
+            raise ValueError(f"grpo_std={self.grpo_std!r}; expected 'unbiased', 'biased' or None (Dr. GRPO; "
+                             "'none' in a config)")
         if self.loss_agg_mode not in L.AGG_MODES:
             raise ValueError(f"loss_agg_mode={self.loss_agg_mode!r}; expected one of {L.AGG_MODES}")
         if self.kl_estimator not in L.KL_ESTIMATORS:

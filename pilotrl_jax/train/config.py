@@ -231,6 +231,8 @@ def resolve_stage(c, name: str) -> StageSettings:
               advantage_estimator=s.advantage_estimator, temperature=float(c.rollout.temperature))
     if rl.get("advantage_estimator") == "gae":
         rl["use_critic"] = True
+    if str(rl.get("grpo_std")).lower() in ("none", ""):  # Dr. GRPO: group mean only (a string on the command line)
+        rl["grpo_std"] = None
     fields = {f.name for f in dataclasses.fields(PPOConfig)}
     unknown = sorted(set(rl) - fields)
     if unknown:

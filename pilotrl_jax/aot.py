@@ -479,9 +479,10 @@ def _sampler_inputs(model_cfg, mesh, B: int, W: int, params_dtype=None):
         raise AOTError(f"the sampler's {B} rows (rollout.max_batch) are not a multiple of data*fsdp={shards}; "
                        "the cache's rows are sharded over them")
     dt = llama.dtype_of(model_cfg.dtype)  # the engine's default cache dtype
-    cache = engine.cache_structure(model_cfg, B, W, dt,
+    dcfg = engine.decode_config(model_cfg)  # the engine decodes layer by layer, scanned model or not
+    cache = engine.cache_structure(dcfg, B, W, dt,
                                    lambda shape, d, axes: _sds(shape, d, sh.named_sharding(mesh, axes, shape)))
-    return abstract_params(model_cfg, mesh, params_dtype), cache
+    return dcfg, abstract_params(dcfg, mesh, params_dtype), cache
 
 
 def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int, params_dtype=None) -> Row:
@@ -489,13 +490,13 @@ def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int, params_dtype=No
     import jax.numpy as jnp
     from pilotrl_jax.sampling import engine
 
-    params, cache = _sampler_inputs(model_cfg, mesh, B, W, params_dtype)
+    dcfg, params, cache = _sampler_inputs(model_cfg, mesh, B, W, params_dtype)
     C = engine.pow2_bucket(int(chunk), engine.MIN_PREFILL)
     s = _row_sharding(mesh, B, 2)
     ids, pos = _sds((B, C), jnp.int32, s), _sds((B, C), jnp.int32, s)
     row = Row(f"prefill C={C}", f"B={B} W={W}", B * C, chips=int(mesh.devices.size))
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
-    return _analyse(row, engine._prefill.lower(model_cfg, params, cache, ids, pos, mesh=mesh))
+    return _analyse(row, engine._prefill.lower(dcfg, params, cache, ids, pos, mesh=mesh))
 
 
 def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: float = 1.0, top_k: int = 0,
@@ -505,7 +506,7 @@ def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: flo
     from jax.sharding import NamedSharding, PartitionSpec as P
     from pilotrl_jax.sampling import engine, filters
 
-    params, cache = _sampler_inputs(model_cfg, mesh, B, W, params_dtype)
+    dcfg, params, cache = _sampler_inputs(model_cfg, mesh, B, W, params_dtype)
     s = _row_sharding(mesh, B)
     rep = NamedSharding(mesh, P())
     state = {"tok": _sds((B,), jnp.int32, s), "pos": _sds((B,), jnp.int32, s), "done": _sds((B,), jnp.bool_, s),
@@ -518,7 +519,7 @@ def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: flo
     chunk = int(chunk)
     row = Row(f"decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk, chips=int(mesh.devices.size))
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
-    return _analyse(row, engine._decode.lower(model_cfg, params, cache, state, table, table, sampling, scalar, scalar,
+    return _analyse(row, engine._decode.lower(dcfg, params, cache, state, table, table, sampling, scalar, scalar,
                                               mode=mode, chunk=chunk, mesh=mesh))
 
 
@@ -554,8 +555,9 @@ def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequ
     resident = state_bytes - param_bytes
     hosts = num_hosts(devices)
     smesh = sampler_mesh(cfg, devices, topology)
-    # several hosts: the sampler holds its own copy of the params, the whole train-state shard stays
-    s_resident = resident if hosts == 1 else state_bytes
+    # the sampler holds its own copy of the params on several hosts, and on one host when the model
+    # scans its layers (it decodes with a per-layer copy): then the whole train-state shard stays
+    s_resident = resident if hosts == 1 and not mc.scan_layers else state_bytes
     from pilotrl_jax.models import llama
 
     s_dtype = None if hosts == 1 else llama.dtype_of(mc.dtype)  # the host copy is in the compute dtype

@@ -284,6 +284,17 @@ def param_shardings(config: LlamaConfig, mesh, rules=None):
                              rules or sh.DEFAULT_RULES)
 
 
+def unstack_layers(config: LlamaConfig, params: Params) -> Params:
+    """Scanned params (one `layers` tree stacked over layers) as the per-layer `layers_i` trees of
+    scan_layers=False (a copy); params already per layer are returned as they are."""
+    if "layers" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(config.num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    return out
+
+
 def default_positions(attention_mask: jax.Array) -> jax.Array:
     """Positions counting only real tokens (left padding gets 0), as HF does."""
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)

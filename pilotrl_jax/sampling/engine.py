@@ -11,8 +11,11 @@ Life of an episode (the rollout loop's view)::
     eng.release(hs)                              # rows are free for new episodes
 
 Design:
-- One KV cache (per layer [max_batch, max_len, kv_heads, head_dim], stacked over layers when the
-  model scans them: `cache_structure`) holds every live episode in a row;
+- One KV cache (one [max_batch, max_len, kv_heads, head_dim] array per layer: `cache_structure`)
+  holds every live episode in a row. A model that scans its layers (scan_layers=True, for training)
+  is decoded layer by layer all the same (`decode_config`): the engine keeps a per-layer copy of the
+  params, made when they are assigned (`engine.params = ...`, once per weight sync), because a scanned
+  decode step slices and re-stacks the whole stacked cache (2-3.4x slower per step on CPU);
   a token's key/value sits at slot == its position (`llama.forward_with_cache`). Every episode keeps
   its full token list; all tokens but the last ("pending") are in the cache. `start`/`append` only
   record tokens; the next `generate` pre-fills what is not cached yet (chunked), then feeds the
@@ -97,6 +100,29 @@ class _Episode:
 
 
 # ----------------------------------------------------------------------------- jitted kernels
+def decode_config(config: LlamaConfig) -> LlamaConfig:
+    """The config the engine decodes with: the model's, with layers unscanned (per-layer caches)."""
+    return dataclasses.replace(config, scan_layers=False, remat_policy="none")
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _unstack(config, params):
+    return llama.unstack_layers(config, params)
+
+
+def decode_params(config: LlamaConfig, params, mesh=None):
+    """`params` of a model with `config` in the layout `decode_config(config)` reads (per layer; a copy
+    when the model scans its layers), placed with that layout's shardings on `mesh`."""
+    if params is None:
+        return None
+    dcfg = decode_config(config)
+    if "layers" not in params:
+        return params if mesh is None else jax.device_put(params, llama.param_shardings(dcfg, mesh))
+    if mesh is None:
+        return _unstack(dcfg, params)
+    return jax.jit(llama.unstack_layers, static_argnums=0, out_shardings=llama.param_shardings(dcfg, mesh))(dcfg, params)
+
+
 def cache_structure(config: LlamaConfig, batch: int, length: int, dtype, make) -> dict:
     """The engine's KV cache layout, leaves built by `make(shape, dtype, axes)`: with scanned layers one
     stacked [layers, B, S, kv, hd] array per k/v; unscanned, a list of one [B, S, kv, hd] per layer, so
@@ -195,7 +221,8 @@ class SamplerEngine:
         if prefill_chunk < MIN_PREFILL or decode_chunk < 1:
             raise ValueError(f"prefill_chunk={prefill_chunk}, decode_chunk={decode_chunk}; expected "
                              f"prefill_chunk >= {MIN_PREFILL} and decode_chunk >= 1")
-        self.config = config
+        self.model_config = config
+        self.config = config = decode_config(config)  # what the jitted kernels run
         self.mesh = mesh
         self.max_len = int(max_len)
         self.seed = int(seed)
@@ -206,9 +233,7 @@ class SamplerEngine:
         self.max_batch = int(max_batch)
         self.stop_token_ids = self._check_stop_ids(stop_token_ids)
         self.stop_strings = check_stop_strings(stop_strings, tokenizer)
-        if mesh is not None:
-            params = jax.device_put(params, llama.param_shardings(config, mesh))
-        self.params = params
+        self.params = params  # laid out per layer by the setter
         dt = llama.dtype_of(cache_dtype or config.dtype)
         make = lambda: cache_structure(config, self.max_batch, self.max_len, dt,
                                        lambda shape, d, axes: jnp.zeros(shape, d))
@@ -222,6 +247,15 @@ class SamplerEngine:
         self._free = list(range(self.max_batch))
         self._next_id = 0
         self.stats = collections.Counter()
+
+    @property
+    def params(self):
+        """The params the engine decodes with (per layer; see `decode_params`)."""
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        self._params = decode_params(self.model_config, value, self.mesh)
 
     # ------------------------------------------------------------------ validation helpers
     def _check_stop_ids(self, ids) -> tuple:

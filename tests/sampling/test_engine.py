@@ -238,6 +238,35 @@ def test_mesh_matches_single_device(tiny_hf):
     assert [r.tokens for r in res] == [r.tokens for r in ref]
     np.testing.assert_allclose([r.logprobs for r in res], [r.logprobs for r in ref], atol=1e-4)
     eng = SamplerEngine(config, params, max_batch=8, max_len=128, mesh=mesh)
-    leaf = jax.tree.leaves(eng.cache)[0]  # per layer [B, S, kv, hd] (stacked over layers if scanned)
-    assert leaf.ndim == (5 if config.scan_layers else 4)
+    leaf = jax.tree.leaves(eng.cache)[0]  # per layer [B, S, kv, hd], scanned model or not
+    assert leaf.ndim == 4
     assert leaf.sharding.spec[leaf.ndim - 4] == ("data", "fsdp")
+
+
+def test_a_scanned_model_decodes_layer_by_layer_with_the_same_tokens(tiny_hf, tmp_path):
+    """A model that scans its layers is sampled from a per-layer copy of its params and per-layer
+    caches (a scanned decode step re-stacks the whole cache): same tokens and log-probs as unscanned;
+    assigning new params makes a new copy."""
+    import dataclasses
+
+    from pilotrl_jax.sampling.engine import decode_config
+
+    model, config, params = tiny_hf
+    path = tmp_path / "m"
+    model.save_pretrained(path)
+    from pilotrl_jax.models import hf_io
+
+    sconfig, sparams = hf_io.load_hf(str(path), scan_layers=True)
+    assert "layers" in sparams and decode_config(sconfig) == dataclasses.replace(config, remat_policy="none")
+    ref = generate(config, params, PROMPTS, 16, temperature=0.8, seed=3)
+    eng = SamplerEngine(sconfig, sparams, max_batch=4, max_len=128, seed=3)
+    assert all(leaf.ndim == 4 for leaf in jax.tree.leaves(eng.cache)) and "layers_1" in eng.params
+    hs = eng.start(PROMPTS)
+    res = eng.generate(hs, 16, temperature=0.8)
+    assert [r.tokens for r in res] == [r.tokens for r in ref]
+    np.testing.assert_allclose([r.logprobs for r in res], [r.logprobs for r in ref], atol=1e-5)
+    eng.params = jax.tree.map(lambda x: x * 0, sparams)  # a weight sync: the engine re-lays them out
+    assert float(jnp.abs(eng.params["layers_0"]["attn"]["wq"]).max()) == 0.0
+    mesh = sh.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    res_m = generate(sconfig, sparams, PROMPTS, 16, temperature=0.8, seed=3, mesh=mesh)
+    assert [r.tokens for r in res_m] == [r.tokens for r in ref]

@@ -59,7 +59,8 @@ def main(argv):
     _check_resumable(out, cfg)
     use_compilation_cache(out)
     stages = C.pipeline(cfg)
-    print(f"PilotRL demo: {' -> '.join(stages)} on {cfg.env.name} ({cfg.env.num_train_tasks} train / "
+    rl = f" / {cfg.env.num_rl_tasks} RL" if int(cfg.env.get("num_rl_tasks", 0)) else ""
+    print(f"PilotRL demo: {' -> '.join(stages)} on {cfg.env.name} ({cfg.env.num_train_tasks} train{rl} / "
           f"{cfg.env.num_eval_tasks} held-out tasks); output in {out}", flush=True)
     result = run_pipeline(cfg, out)
     rows = rows_from_run(out, stages, cfg.seed)

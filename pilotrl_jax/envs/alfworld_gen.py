@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 from pilotrl_jax.envs.base import Task
 
 GENERATOR_VERSION = 1
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "rl")  # rl: an optional pool of RL tasks in rooms neither other split has
 TASK_TYPES = (
     "pick_and_place_simple",
     "look_at_obj_in_light",
@@ -450,12 +450,14 @@ def _split_layouts(rng, n_tasks, task_types, exclude: set, table=ROOMS, per_layo
     return layouts
 
 
-def _manifest_config(n_train, n_heldout, seed, task_types, room_size="full") -> dict:
+def _manifest_config(n_train, n_heldout, seed, task_types, room_size="full", n_rl=0) -> dict:
     """What identifies one generated data set on disk."""
     config = {"version": GENERATOR_VERSION, "seed": int(seed), "n_train": int(n_train),
               "n_heldout": int(n_heldout), "task_types": list(task_types)}
     if room_size != "full":  # full-size data sets keep the manifests they had before room sizes existed
         config["room_size"] = room_size
+    if n_rl:  # likewise for data sets without an RL pool
+        config["n_rl"] = int(n_rl)
     return config
 
 
@@ -464,7 +466,7 @@ def _tasks_from_manifest(out_dir, manifest) -> dict[str, list[Task]] | None:
     out: dict = {}
     for split in SPLITS:
         tasks = []
-        for rec in manifest["tasks"][split]:
+        for rec in manifest["tasks"].get(split, []):
             game = os.path.join(out_dir, rec["dir"], "game.tw-pddl")
             if not os.path.exists(game):
                 return None
@@ -484,8 +486,11 @@ def _make_task(out_dir, split, rec) -> Task:
 
 
 def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
-                   task_types: Sequence[str] | None = None, room_size: str = "full") -> dict[str, list[Task]]:
-    """Write (or reuse) ALFWorld game directories under out_dir; returns {'train': [...], 'heldout': [...]}.
+                   task_types: Sequence[str] | None = None, room_size: str = "full",
+                   n_rl: int = 0) -> dict[str, list[Task]]:
+    """Write (or reuse) ALFWorld game directories under out_dir; returns {'train': [...], 'heldout': [...],
+    'rl': [...]}. Every split's room layouts are disjoint from the others'. The `n_rl` RL tasks are
+    generated last, so asking for them leaves the train and held-out tasks as they were.
 
     room_size: "full" (ALFWorld-like rooms, 6-40 receptacles) or "small" (3-8 receptacles, one
     target instance, fewer distractors: a curriculum for tiny models; see SMALL_ROOMS) or "few"
@@ -493,7 +498,7 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     """
     if room_size not in ROOM_SIZES:
         raise ValueError(f"room_size={room_size!r}; expected one of {sorted(ROOM_SIZES)}")
-    for name, n in (("n_train", n_train), ("n_heldout", n_heldout)):
+    for name, n in (("n_train", n_train), ("n_heldout", n_heldout), ("n_rl", n_rl)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"{name}={n!r}; expected an integer >= 0")
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -501,7 +506,7 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     types = _check_types(task_types)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    config = _manifest_config(n_train, n_heldout, seed, types, room_size)
+    config = _manifest_config(n_train, n_heldout, seed, types, room_size, n_rl)
     man_path = os.path.join(out_dir, MANIFEST)
     old = None
     if os.path.exists(man_path):
@@ -520,7 +525,7 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     domain, grammar = _engine_files()
     records: dict = {}
     taken: set = set()
-    for split, n in (("train", n_train), ("heldout", n_heldout)):
+    for split, n in (("train", n_train), ("heldout", n_heldout), ("rl", n_rl)):
         records[split] = _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions,
                                          domain, grammar, room_size)
     manifest = {"config": config, "tasks": records}
@@ -614,12 +619,16 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--n-train", type=int, default=300)
     p.add_argument("--n-heldout", type=int, default=100)
+    p.add_argument("--n-rl", type=int, default=0, help="RL tasks in rooms neither train nor held-out has")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task-types", nargs="*", default=None, help=f"subset of {list(TASK_TYPES)}")
     p.add_argument("--room-size", default="full", choices=sorted(ROOM_SIZES), help="full, small or few (small rooms, 6 object classes each)")
     args = p.parse_args(list(argv) if argv is not None else None)
-    tasks = generate_tasks(args.out, args.n_train, args.n_heldout, args.seed, args.task_types, args.room_size)
+    tasks = generate_tasks(args.out, args.n_train, args.n_heldout, args.seed, args.task_types, args.room_size,
+                           args.n_rl)
     for split, ts in tasks.items():
+        if split == "rl" and not ts:
+            continue
         by_type: dict = {}
         for t in ts:
             by_type[t.task_type] = by_type.get(t.task_type, 0) + 1

@@ -74,12 +74,12 @@ def make_env(name: str, /, *, isolate: bool = False, process_kwargs: dict | None
 
 def _alfworld_tasks(split: str, n: int | None, seed: int, out_dir: str | None = None,
                     n_train: int | None = None, n_heldout: int | None = None,
-                    task_types=None, room_size: str = "full") -> list[Task]:
+                    task_types=None, room_size: str = "full", n_rl: int = 0) -> list[Task]:
     if not out_dir:
         raise ValueError("load_tasks('alfworld') needs out_dir=<directory for generated games> "
                          "(reused when the same n_train/n_heldout/seed are asked again)")
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split={split!r}; ALFWorld tasks have splits ('train', 'heldout')")
+    if split not in ("train", "heldout", "rl"):
+        raise ValueError(f"split={split!r}; ALFWorld tasks have splits ('train', 'heldout', 'rl')")
     generate = _import("pilotrl_jax.envs.alfworld_gen", "generate_tasks")
     if n is None and (n_train is None or n_heldout is None):
         raise ValueError("load_tasks('alfworld') needs n, or both n_train and n_heldout")
@@ -88,6 +88,8 @@ def _alfworld_tasks(split: str, n: int | None, seed: int, out_dir: str | None = 
     kw = {} if task_types is None else {"task_types": task_types}
     if room_size != "full":
         kw["room_size"] = room_size
+    if n_rl:
+        kw["n_rl"] = n_rl
     tasks = generate(out_dir, n_train, n_heldout, seed, **kw)[split]
     return tasks if n is None else tasks[:n]
 
@@ -98,7 +100,8 @@ def load_tasks(name: str, /, split: str = "train", n: int | None = None, seed: i
     "dev"/"test"). n=None: all of them (tiny: 64). Family options go in kwargs, e.g.
     scienceworld: task_names, simplifications; twx: games, params ("small");
     agentgym: indices={"train": (0, 500), "heldout": (500, 600)}, server;
-    alfworld: out_dir, n_train, n_heldout, task_types, room_size."""
+    alfworld: out_dir, n_train, n_heldout, task_types, room_size, n_rl (split "rl": RL tasks in rooms
+    neither train nor heldout has)."""
     mod, _, loader = _FAMILIES[_check_name(name)]
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
         raise ValueError(f"n={n!r}; expected a non-negative int or None (all)")

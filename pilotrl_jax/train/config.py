@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
         name="alfworld",
         num_train_tasks=200,
         num_eval_tasks=50,
+        num_rl_tasks=0,  # alfworld: RL stages draw from this many tasks in rooms neither the train (SFT) nor
+        # the held-out tasks have; 0 = RL draws from the train tasks
         train_split="train",
         eval_split="heldout",
         task_types="",  # comma-separated subset (alfworld), "" = all
@@ -167,6 +169,10 @@ def validate(c) -> None:
         raise ValueError(f"config.model.source={c.model.source!r} needs config.model.path (a model directory)")
     if c.judge.kind not in JUDGES:
         raise ValueError(f"config.judge.kind={c.judge.kind!r}; expected one of {JUDGES}")
+    n_rl = int(c.env.get("num_rl_tasks", 0))
+    if n_rl < 0 or (n_rl and c.env.name != "alfworld"):
+        raise ValueError(f"config.env.num_rl_tasks={n_rl} (env {c.env.name!r}); expected 0, or > 0 with "
+                         "env.name='alfworld' (a pool of RL tasks in generated rooms)")
     prompts.check_mode(c.agent.mode, c.agent.replan)
     _check_modes(c.eval.modes, "config.eval.modes")
     for n in names:

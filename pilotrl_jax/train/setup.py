@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 
@@ -30,11 +30,17 @@ class RunContext:
     model_cfg: LlamaConfig
     tokenizer: Any
     mesh: Any
-    train_tasks: list
+    train_tasks: list  # the SFT demonstrations' tasks (and the RL stages', unless rl_tasks is set)
     eval_tasks: list
     env_factory: Callable[[], Any]
     base_path: str  # HF dir or param_store dir of the base model
     base_is_hf: bool
+    rl_tasks: Optional[list] = None  # a separate pool for the RL stages (config.env.num_rl_tasks)
+
+    @property
+    def rl_pool(self) -> list:
+        """The tasks RL stages draw from: the separate RL pool when there is one, else the train tasks."""
+        return self.rl_tasks or self.train_tasks
 
     def load_base_params(self):
         """The base model's params (placed on the mesh when there is one)."""
@@ -80,6 +86,8 @@ def env_task_kwargs(cfg, workdir: str) -> dict:
     if e.name == "alfworld":
         kw = dict(out_dir=os.path.join(workdir, "games"), n_train=int(e.num_train_tasks),
                   n_heldout=int(e.num_eval_tasks))
+        if int(e.get("num_rl_tasks", 0)):
+            kw["n_rl"] = int(e.num_rl_tasks)
         if e.task_types:
             kw["task_types"] = list(_split(e.task_types))
         if e.get("room_size", "full") != "full":
@@ -102,6 +110,19 @@ def load_splits(cfg, workdir: str) -> tuple[list, list]:
         raise ValueError(f"env {e.name!r} gave {len(train)} train and {len(held)} held-out tasks; "
                          "check config.env.num_train_tasks / num_eval_tasks / splits")
     return train, held
+
+
+def load_rl_tasks(cfg, workdir: str) -> Optional[list]:
+    """The separate pool of RL tasks (`env.num_rl_tasks`, ALFWorld: rooms neither the train nor the
+    held-out tasks have), or None when RL stages draw from the train tasks."""
+    e = cfg.env
+    n = int(e.get("num_rl_tasks", 0))
+    if not n:
+        return None
+    if e.name != "alfworld":
+        raise ValueError(f"env.num_rl_tasks={n} needs generated rooms (env.name='alfworld'); for {e.name!r} "
+                         "set it to 0 (RL stages then draw from the train tasks)")
+    return registry.load_tasks("alfworld", "rl", None, cfg.seed, **env_task_kwargs(cfg, workdir))
 
 
 def env_factory(cfg) -> Callable[[], Any]:
@@ -190,6 +211,7 @@ def build_context(cfg, workdir: str) -> RunContext:
             train, held = load_splits(cfg, workdir)
     else:
         train, held = load_splits(cfg, workdir)
+    rl_tasks = load_rl_tasks(cfg, workdir)  # generated with the splits above: read back on every host
     factory = env_factory(cfg)
     tok = _tokenizer(cfg, workdir, train, factory)
     mesh = make_mesh(cfg)
@@ -221,7 +243,7 @@ def build_context(cfg, workdir: str) -> RunContext:
             params = llama.init_params(model_cfg, jax.random.PRNGKey(int(cfg.seed)), mesh=mesh)
             param_store.save_params(base, model_cfg, params)
     return RunContext(cfg=cfg, workdir=workdir, model_cfg=model_cfg, tokenizer=tok, mesh=mesh, train_tasks=train,
-                      eval_tasks=held, env_factory=factory, base_path=base, base_is_hf=is_hf)
+                      eval_tasks=held, env_factory=factory, base_path=base, base_is_hf=is_hf, rl_tasks=rl_tasks)
 
 
 def save_tokenizer_next_to(ctx: RunContext, directory: str) -> None:

@@ -318,7 +318,7 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
         if multihost.is_multihost():
             engine.params = None  # drop the old host copy before the new one lands (HBM peak)
         engine.params = multihost.sampler_params(ctx, state.params)
-        tasks = step_tasks(ctx.train_tasks, st.tasks_per_step, step, int(cfg.seed) + stage_index)
+        tasks = step_tasks(ctx.rl_pool, st.tasks_per_step, step, int(cfg.seed) + stage_index)
         rc = rollout_config(ctx, group_size=st.group_size, mode=st.mode, replan=st.replan,
                             temperature=float(cfg.rollout.temperature), top_p=float(cfg.rollout.top_p),
                             seed=multihost.host_seed(rollout_seed(cfg.seed, stage_index, step)), progress=False)

@@ -75,6 +75,28 @@ def test_regenerating_with_other_config_replaces_old_games(tmp_path):
     assert stale and not any(os.path.exists(d) for d in stale)
 
 
+def test_an_rl_pool_adds_rooms_of_its_own_and_leaves_train_and_heldout_as_they_were(games, tmp_path):
+    out, tasks = games
+    with_rl = generate_tasks(str(tmp_path / "rl"), N_TRAIN, N_HELDOUT, seed=0, n_rl=6)
+    assert len(with_rl["rl"]) == 6 and tasks["rl"] == []
+    for split in ("train", "heldout"):  # same games as without the pool (only the directory differs)
+        assert [(t.task_id, t.payload["layout"], t.payload["goal"]) for t in with_rl[split]] == \
+            [(t.task_id, t.payload["layout"], t.payload["goal"]) for t in tasks[split]]
+
+    def signatures(ts):
+        out_ = set()
+        for t in ts:
+            with open(os.path.join(t.payload["game_dir"], "traj_data.json")) as f:
+                out_.add(json.dumps(json.load(f)["scene"]["layout"]))
+        return out_
+    rl = signatures(with_rl["rl"])
+    assert rl and not (rl & signatures(with_rl["train"])) and not (rl & signatures(with_rl["heldout"]))
+    assert all(t.split == "rl" and os.path.exists(t.payload["game_file"]) for t in with_rl["rl"])
+    assert generate_tasks(str(tmp_path / "rl"), N_TRAIN, N_HELDOUT, seed=0, n_rl=6) == with_rl  # cached
+    with pytest.raises(ValueError, match="n_rl=-2"):
+        generate_tasks(str(tmp_path / "x"), 4, 2, seed=0, n_rl=-2)
+
+
 def test_heldout_shares_no_layout_or_layout_goal_pair_with_train(games):
     out, tasks = games
     recs = _records(out)

@@ -20,3 +20,34 @@ def test_alfworld_names_are_single_tokens_with_the_vocabulary_corpus(tmp_path):
     assert split(boosted) == []
     assert {"apple", "desklamp", "sidetable", "creditcard"} <= set(vocabulary())
     assert env_vocabulary_corpus("tiny") == []
+
+
+def test_rl_stages_draw_from_a_separate_pool_of_rooms_when_asked(tmp_path):
+    """env.num_rl_tasks: the RL stages' tasks come from the generator's `rl` split (rooms the SFT
+    demonstrations and the held-out tasks never show); without it they are the train tasks."""
+    import importlib.util
+    import os
+
+    import pytest as _pytest
+
+    from pilotrl_jax.train import config as C
+    from pilotrl_jax.train import setup as S
+    from pilotrl_jax.train.trainer import step_tasks
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("demo_cfg_rl", os.path.join(root, "configs", "demo.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    cfg.env.num_train_tasks, cfg.env.num_eval_tasks, cfg.tokenizer.corpus_tasks = 4, 2, 2
+    ctx = S.build_context(cfg, str(tmp_path / "a"))
+    assert ctx.rl_tasks is None and ctx.rl_pool is ctx.train_tasks
+    cfg.env.num_rl_tasks = 3
+    C.validate(cfg)
+    ctx = S.build_context(cfg, str(tmp_path / "b"))
+    assert [t.split for t in ctx.rl_pool] == ["rl"] * 3 and len(ctx.train_tasks) == 4
+    ids = {t.task_id for t in ctx.rl_pool}
+    assert {t.task_id for t in step_tasks(ctx.rl_pool, 2, 5, 0)} <= ids
+    cfg.env.name = "tiny"
+    with _pytest.raises(ValueError, match="num_rl_tasks=3"):
+        C.validate(cfg)

@@ -91,7 +91,9 @@ def bench_throughput(model, config, params, batches, n_new, prompt_len):
 def bench_decode_step(model, config, params, batch, windows, steps=32):
     """Table 3: milliseconds per decode step (one token for every row) with W-1 tokens cached.
 
-    Ours: the engine's on-device decode loop over a cache of W slots (top-p 0.9 sampling);
+    Ours: the engine's on-device decode loop over a cache of W slots (top-p 0.9 sampling), in the
+    layout the engine decodes with (per layer; `engine.decode_config`); for a scanned model also the
+    scanned kernel over one stacked cache (what the engine ran before it kept a per-layer copy).
     transformers: one cached forward of a token per row after a prefill of W-1 tokens (no sampling).
     """
     import jax
@@ -100,12 +102,15 @@ def bench_decode_step(model, config, params, batch, windows, steps=32):
 
     from pilotrl_jax.sampling import engine as E
 
-    print(f"\n## decode step, batch {batch}, W-1 tokens cached, CPU ({'scanned' if config.scan_layers else 'unscanned'} "
-          "layers)")
-    print("| cache slots W | ours ms/step | transformers ms/step | ratio |")
-    print("|---|---|---|---|")
+    variants = [("engine", E.decode_config(config), E.decode_params(config, params))]
+    if config.scan_layers:
+        variants.append(("scanned kernel", config, params))
+    print(f"\n## decode step, batch {batch}, W-1 tokens cached, CPU (model loaded with "
+          f"{'scanned' if config.scan_layers else 'unscanned'} layers)")
+    print("| cache slots W | " + " | ".join(f"{n} ms/step" for n, _, _ in variants)
+          + " | transformers ms/step | " + " | ".join(f"{n} vs torch" for n, _, _ in variants) + " |")
+    print("|---|" + "---|" * (2 * len(variants) + 1))
     for W in windows:
-        cache = E.cache_structure(config, batch, W, jnp.float32, lambda shape, d, axes: jnp.zeros(shape, d))
         V = config.vocab_size
         state = dict(tok=jnp.zeros(batch, jnp.int32), pos=jnp.full(batch, W - steps - 1, jnp.int32),
                      done=jnp.zeros(batch, bool), reason=jnp.zeros(batch, jnp.int32),
@@ -113,14 +118,17 @@ def bench_decode_step(model, config, params, batch, windows, steps=32):
                      keys=jnp.zeros((batch, 2), jnp.uint32))
         none = jnp.zeros(V, bool)
         args = (none, none, (jnp.float32(0.6), jnp.int32(0), jnp.float32(0.9)), jnp.int32(steps), jnp.int32(1 << 30))
-        run = lambda c: E._decode(config, params, c, state, *args, mode="top_p", chunk=steps, mesh=None)
-        cache = run(cache)[0]
-        jax.block_until_ready(cache)
-        t = time.perf_counter()
-        for _ in range(3):
-            cache, _, out, _ = run(cache)
-        jax.block_until_ready(out)
-        ours = (time.perf_counter() - t) / (3 * steps) * 1000
+        ours = []
+        for _, cfg, prm in variants:
+            cache = E.cache_structure(cfg, batch, W, jnp.float32, lambda shape, d, axes: jnp.zeros(shape, d))
+            run = lambda c, cfg=cfg, prm=prm: E._decode(cfg, prm, c, state, *args, mode="top_p", chunk=steps, mesh=None)
+            cache = run(cache)[0]
+            jax.block_until_ready(cache)
+            t = time.perf_counter()
+            for _ in range(3):
+                cache, _, out, _ = run(cache)
+            jax.block_until_ready(out)
+            ours.append((time.perf_counter() - t) / (3 * steps) * 1000)
         ids = torch.randint(3, V, (batch, W))
         with torch.no_grad():
             past = model(ids[:, :-1], use_cache=True).cache  # transformers 5.x names it `cache`
@@ -129,7 +137,8 @@ def bench_decode_step(model, config, params, batch, windows, steps=32):
             for i in range(steps):
                 model(ids[:, -1:], cache=past)
             hf = (time.perf_counter() - t) / steps * 1000
-        print(f"| {W} | {ours:.1f} | {hf:.1f} | {hf / ours:.2f}x |", flush=True)
+        print(f"| {W} | " + " | ".join(f"{o:.1f}" for o in ours) + f" | {hf:.1f} | "
+              + " | ".join(f"{hf / o:.2f}x" for o in ours) + " |", flush=True)
 
 
 def bench_episode(config, params, batch, turns, gen_tokens, obs_tokens, prompt_len):
@@ -189,7 +198,7 @@ def main(argv=None):
     ap.add_argument("--episode-batch", type=int, default=8)
     ap.add_argument("--decode-batch", type=int, default=64)
     ap.add_argument("--windows", default="256,512,1024", help="cache slots for the decode-step table")
-    ap.add_argument("--scan-layers", action="store_true", help="load with scanned layers (one stacked KV cache)")
+    ap.add_argument("--scan-layers", action="store_true", help="load the model with scanned layers (the decode-step table adds the scanned kernel)")
     args = ap.parse_args(argv)
     import jax
 

@@ -34,6 +34,7 @@ from typing import Any, Hashable, Mapping, Optional, Sequence
 import numpy as np
 
 from pilotrl_jax.rewards.grounded import DEFAULT_FAILURE_MARKERS
+from pilotrl_jax.rl.step_groups import STEP_NORMS, discounted_returns, step_group_advantages
 
 OUTCOMES = ("won", "score")
 FORMAT_MODES = ("any", "per_error")
@@ -86,8 +87,8 @@ class RewardConfig:
                              "(GiGPO: 1.0; 0 disables the step-level credit)")
         if not 0.0 <= self.step_gamma <= 1.0:
             raise ValueError(f"RewardConfig.step_gamma={self.step_gamma}; expected a discount in [0, 1] (GiGPO: 0.95)")
-        if self.step_norm not in ("std", "mean"):
-            raise ValueError(f"RewardConfig.step_norm={self.step_norm!r}; expected 'std' or 'mean'")
+        if self.step_norm not in STEP_NORMS:
+            raise ValueError(f"RewardConfig.step_norm={self.step_norm!r}; expected one of {STEP_NORMS}")
         if self.plan_weight < 0:
             raise ValueError(f"RewardConfig.plan_weight={self.plan_weight}; expected >= 0 (0 disables the plan term)")
 
@@ -185,11 +186,11 @@ def turn_rewards(episode: Any, terminal: float, from_scores: bool = False) -> np
     credit a turn for how many turns were left after it (a failed episode's early turns would look
     better than its late ones)."""
     n = len(wasted_turns(episode))
-    r = np.zeros(n)
     scores = list(getattr(episode, "turn_scores", []))[:n]
     if from_scores and n and scores and all(x is not None for x in scores):
         s = np.clip(np.asarray(scores + [scores[-1]] * (n - len(scores)), np.float64), 0.0, 1.0)
-        return np.maximum(np.diff(s, prepend=0.0), 0.0)
+        return np.maximum(np.diff(s, prepend=0.0), 0.0)  # the last turn may have had no observation
+    r = np.zeros(n)
     if n:
         r[-1] = max(float(terminal), 0.0)
     return r
@@ -201,7 +202,6 @@ def step_advantage_token_values(episodes: Sequence[Any], groups: Sequence[Hashab
     `cfg.step_advantage_weight` x the turn's step-group advantage (`rl.step_groups`) on every token of
     its ACTION span, 0 elsewhere. Episodes without an agent (None) get an empty array."""
     from pilotrl_jax.agent.spans import SpanKind
-    from pilotrl_jax.rl.step_groups import discounted_returns, step_group_advantages
 
     live = [i for i, e in enumerate(episodes) if e is not None]
     keys = [anchor_keys(episodes[i], groups[i]) for i in live]

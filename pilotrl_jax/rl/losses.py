@@ -154,6 +154,9 @@ def ppo_policy_loss(
         "ratio": M.masked_pair(info["ratio"], mask),
         "approx_kl_old": M.masked_pair(kl_estimate(logp, old_logp, "k3"), mask),
         "abs_log_ratio_old": M.masked_pair(jnp.abs(lr), mask),
+        # tokens whose probability moved more than e-fold from the old policy's: a robust view of the
+        # collapses that dominate the mean k3 (one token at -17 nats outweighs thousands of small moves)
+        "moved_frac_old": M.masked_pair((jnp.abs(lr) > 1.0).astype(jnp.float32), mask),
     }
     return loss, metrics
 

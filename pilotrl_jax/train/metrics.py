@@ -78,8 +78,8 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-DEFAULT_CURVES = ("sft/loss", "reward/mean", "success/train", "eval/success", "plan_score/mean", "format_errors/mean",
-                  "ppo/policy_loss", "ppo/entropy", "ppo/clip_frac", "length/mean")
+DEFAULT_CURVES = ("sft/loss", "reward/mean", "success/train", "eval/success", "reward/plan_score", "format_errors/mean",
+                  "ppo/policy_loss", "ppo/entropy", "ppo/moved_frac_old", "length/mean")
 
 
 def plot_curves(stage_dirs: dict[str, str], out_png: str, keys: Optional[Iterable[str]] = None) -> Optional[str]:

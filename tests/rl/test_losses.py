@@ -80,6 +80,8 @@ def test_ppo_loss_matches_numpy(mode, dual):
         assert fin["pg_clipfrac_dual"] > 0
         np.testing.assert_allclose(fin["pg_clipfrac_dual"], ((adv < 0) & (r > dual))[sel].mean(), rtol=1e-6)
     np.testing.assert_allclose(fin["ratio"], r[sel].mean(), rtol=1e-5)
+    np.testing.assert_allclose(fin["moved_frac_old"], (np.abs(lp - old) > 1.0)[sel].mean(), rtol=1e-6)
+    assert 0 < fin["moved_frac_old"] < 1
 
 
 @pytest.mark.parametrize("mode", L.AGG_MODES)

@@ -74,6 +74,11 @@ def test_pipeline_chains_stages_and_writes_everything(tmp_path):
         else:
             assert ev[0]["episodes"] == 2 and 0.0 <= ev[0]["success_rate"] <= 1.0
     assert (tmp_path / "curves.png").stat().st_size > 1000
+    from pilotrl_jax.train.metrics import DEFAULT_CURVES
+
+    written = {k for n in out for line in open(tmp_path / n / "metrics.jsonl") for k in json.loads(line)}
+    # every default curve is a metric the stages write (eval/success needs eval.every > 0)
+    assert set(DEFAULT_CURVES) - {"eval/success"} <= written, set(DEFAULT_CURVES) - written
     # the exported final model loads in transformers
     r = subprocess.run([sys.executable, "-m", "pilotrl_jax.export", "--checkpoint", prev_final,
                         "--out", str(tmp_path / "hf")], capture_output=True, text=True, timeout=300)

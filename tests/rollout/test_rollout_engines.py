@@ -34,7 +34,7 @@ def _check(batch, n_expected):
     assert arr["input_ids"].shape[0] == n_expected
     for b, e in enumerate(batch.episodes):
         n = e.length
-        assert n > 0 and e.spans[0].kind == SpanKind.PROMPT
+        assert n > 0 and e.spans[0].kind == SpanKind.PROMPT, (e.status, e.error)  # an env failure shows here
         np.testing.assert_array_equal(arr["attention_mask"][b], (np.arange(arr["input_ids"].shape[1]) < n))
         pol = np.isin(arr["kind_ids"][b, :n], [int(k) for k in POLICY_KINDS])
         assert pol.any() and (arr["sampler_logprobs"][b, :n][~pol] == 0).all()
@@ -152,10 +152,11 @@ def test_twx_one_episode_sampled_and_forced(engine, tok):
         sampled = collect([task], engine, pool, tok, max_turns=2, max_plan_tokens=32, max_action_tokens=32,
                           progress=False)
         _check(sampled, 1)
-        assert sampled.statuses == ["max_turns"]
+        assert sampled.statuses == ["max_turns"], [(e.status, e.error) for e in sampled.episodes]
         forced = collect([task], ForcedPolicy(expert_turn), pool, tok, max_turns=30, progress=False)
         _check(forced, 1)
-        assert forced.statuses == ["success"] and forced.episodes[0].score == 1.0
+        assert forced.statuses == ["success"] and forced.episodes[0].score == 1.0, \
+            [(e.status, e.error) for e in forced.episodes]
 
 
 def test_scienceworld_one_episode_sampled_and_forced(engine, tok):
@@ -167,8 +168,8 @@ def test_scienceworld_one_episode_sampled_and_forced(engine, tok):
         sampled = collect([task], engine, pool, tok, max_turns=2, max_plan_tokens=32, max_action_tokens=32,
                           progress=False)
         _check(sampled, 1)
-        assert sampled.statuses == ["max_turns"]
+        assert sampled.statuses == ["max_turns"], [(e.status, e.error) for e in sampled.episodes]
         forced = collect([task], ForcedPolicy(expert_turn), pool, tok, mode="react", replan=None, max_turns=40,
                          progress=False)
         _check(forced, 1)
-        assert forced.statuses == ["success"] and forced.episodes[0].won
+        assert forced.statuses == ["success"] and forced.episodes[0].won, [(e.status, e.error) for e in forced.episodes]

@@ -185,7 +185,9 @@ def turn_rewards(episode: Any, terminal: float, from_scores: bool = False) -> np
     episode's outcome, >= 0) on the last turn. Never a penalty: a negative reward, discounted, would
     credit a turn for how many turns were left after it (a failed episode's early turns would look
     better than its late ones)."""
-    n = len(wasted_turns(episode))
+    from pilotrl_jax.agent.spans import SpanKind
+
+    n = sum(1 for s in episode.spans if s.kind == SpanKind.ACTION)  # executor turns
     scores = list(getattr(episode, "turn_scores", []))[:n]
     if from_scores and n and scores and all(x is not None for x in scores):
         s = np.clip(np.asarray(scores + [scores[-1]] * (n - len(scores)), np.float64), 0.0, 1.0)

@@ -105,9 +105,11 @@ def decode_config(config: LlamaConfig) -> LlamaConfig:
     return dataclasses.replace(config, scan_layers=False, remat_policy="none")
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _unstack(config, params):
-    return llama.unstack_layers(config, params)
+@functools.lru_cache(maxsize=16)
+def _unstack_fn(dcfg: LlamaConfig, mesh):
+    """The jitted scanned -> per-layer copy for one config and mesh (built once: it runs every weight sync)."""
+    shardings = None if mesh is None else llama.param_shardings(dcfg, mesh)
+    return jax.jit(functools.partial(llama.unstack_layers, dcfg), out_shardings=shardings)
 
 
 def decode_params(config: LlamaConfig, params, mesh=None):
@@ -116,11 +118,9 @@ def decode_params(config: LlamaConfig, params, mesh=None):
     if params is None:
         return None
     dcfg = decode_config(config)
-    if "layers" not in params:
-        return params if mesh is None else jax.device_put(params, llama.param_shardings(dcfg, mesh))
-    if mesh is None:
-        return _unstack(dcfg, params)
-    return jax.jit(llama.unstack_layers, static_argnums=0, out_shardings=llama.param_shardings(dcfg, mesh))(dcfg, params)
+    if "layers" in params:
+        return _unstack_fn(dcfg, mesh)(params)
+    return params if mesh is None else jax.device_put(params, llama.param_shardings(dcfg, mesh))
 
 
 def cache_structure(config: LlamaConfig, batch: int, length: int, dtype, make) -> dict:

@@ -231,11 +231,14 @@ def wasted_turn_advantages(episodes, T: int, value: float) -> np.ndarray:
     command or a format error; `rewards.shaping.wasted_turns`), 0 elsewhere and on episodes without an agent."""
     from pilotrl_jax.rewards.shaping import wasted_turn_token_values
 
-    out = np.zeros((len(episodes), T), np.float32)
-    for b, e in enumerate(episodes):
-        if e.agent is not None:
-            v = wasted_turn_token_values(e.agent, value)
-            out[b, :len(v)] = v
+    return _token_rows([wasted_turn_token_values(e.agent, value) if e.agent is not None else () for e in episodes], T)
+
+
+def _token_rows(values, T: int) -> np.ndarray:
+    """[B, T] float32 from one per-token array per episode (flattened-span order), zero-padded on the right."""
+    out = np.zeros((len(values), T), np.float32)
+    for b, v in enumerate(values):
+        out[b, :len(v)] = v
     return out
 
 
@@ -246,11 +249,7 @@ def step_advantages(episodes, rewards, reward_cfg, T: int) -> np.ndarray:
 
     terminal = np.asarray(rewards.components["outcome"], np.float64)  # penalties stay episode-level (GRPO)
     agents = [e.agent if e.status != "env_error" else None for e in episodes]  # cut short: not comparable
-    vals = step_advantage_token_values(agents, [e.group_id for e in episodes], terminal, reward_cfg)
-    out = np.zeros((len(episodes), T), np.float32)
-    for b, v in enumerate(vals):
-        out[b, :len(v)] = v
-    return out
+    return _token_rows(step_advantage_token_values(agents, [e.group_id for e in episodes], terminal, reward_cfg), T)
 
 
 def turn_credit(episodes, rewards, reward_cfg, T: int) -> Optional[np.ndarray]:

@@ -49,6 +49,9 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 1.0
     whiten_advantages: bool = False  # whiten over trained tokens of the batch (common with GAE)
+    negative_advantage_scale: float = 1.0  # multiplies every negative token advantage (after any turn
+    # credit, before whitening): 1 = plain PPO/GRPO, 0 = only better-than-group episodes are pushed
+    # (self-imitation of the group's best), between = down-weighted negative gradients
     # policy loss
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
@@ -76,6 +79,9 @@ class PPOConfig:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: Optional[float] = 1.0
+    target_kl: Optional[float] = None  # a trust region on the whole step: once a mini-batch's mean k3 to the
+    # old policy (measured before its update) exceeds this, that update and the rest of the step's are
+    # skipped (as in Stable-Baselines3's PPO); None = off
     # batching (paper: 256 tasks per step, mini-batch 64 tasks -> 4 mini-batches)
     epochs: int = 1
     num_mini_batches: int = 4
@@ -112,6 +118,11 @@ class PPOConfig:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
         if self.logits_chunk_size is not None and self.logits_chunk_size < 1:
             raise ValueError(f"logits_chunk_size={self.logits_chunk_size}; expected a positive int or None")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ValueError(f"target_kl={self.target_kl}; expected a positive float or None (off)")
+        if not 0.0 <= self.negative_advantage_scale <= 1.0:
+            raise ValueError(f"negative_advantage_scale={self.negative_advantage_scale}; expected a value in [0, 1] "
+                             "(1 = plain PPO, 0 = positive advantages only)")
         if self.old_logprobs not in OLD_LOGPROBS:
             raise ValueError(f"old_logprobs={self.old_logprobs!r}; expected one of {OLD_LOGPROBS}")
         if self.temperature <= 0:
@@ -340,15 +351,17 @@ def _tree_all_finite(tree):
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
-def _apply_update(tx, grads, opt_state, params, loss):
-    """One optimizer update, skipped (params and state kept) when the loss or a gradient is not finite."""
+def _apply_update(tx, grads, opt_state, params, loss, allow=True):
+    """One optimizer update, skipped (params and state kept) when the loss or a gradient is not finite
+    or `allow` is False; returns (params, opt_state, grad norm, finite)."""
     gnorm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & _tree_all_finite(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & _tree_all_finite(grads)
+    ok = finite & allow
     safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
     updates, new_opt = tx.update(safe_grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    return keep(new_params, params), keep(new_opt, opt_state), gnorm, ok
+    return keep(new_params, params), keep(new_opt, opt_state), gnorm, finite
 
 
 # ----------------------------------------------------------------------------- jitted functions
@@ -449,6 +462,8 @@ def make_advantage_fn(cfg: PPOConfig) -> CountingJit:
             adv, ret = adv_lib.gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
         if "token_advantages" in batch:  # turn-level credit (e.g. a wasted turn's own tokens), added as is
             adv = adv + batch["token_advantages"] * mask
+        if cfg.negative_advantage_scale != 1.0:
+            adv = jnp.where(adv < 0, adv * cfg.negative_advantage_scale, adv)
         if cfg.whiten_advantages:
             adv = adv_lib.whiten(adv, mask)
         return adv, ret
@@ -509,8 +524,9 @@ def make_ppo_step(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, donate: boo
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def mini_update(state_parts, mini):
-        """One optimizer update on a mini-batch [n_micro, mb, T] (grads accumulated over micro-batches)."""
-        params, opt_state, cparams, copt = state_parts
+        """One optimizer update on a mini-batch [n_micro, mb, T] (grads accumulated over micro-batches);
+        skipped once the step has left its trust region (cfg.target_kl)."""
+        params, opt_state, cparams, copt, stopped = state_parts
         flat_mask = mini["loss_mask"].reshape(-1, mini["loss_mask"].shape[-1])
         dens = {"policy": L.agg_denominator(flat_mask, cfg.loss_agg_mode)}
 
@@ -529,8 +545,12 @@ def make_ppo_step(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, donate: boo
         (grads, pl, vl, mets), _ = jax.lax.scan(micro_body, init, mini)
         gp, gc = grads
         lr_now = lr_schedule(cfg.lr, cfg)(_update_count(opt_state))  # the lr this update uses
-        params, opt_state, gnorm, ok = _apply_update(tx, gp, opt_state, params, pl)
+        if cfg.target_kl is not None:  # the mini-batch's k3 to the old policy, before this update
+            kl_sum, kl_n = mets["approx_kl_old"]
+            stopped = stopped | (kl_sum > cfg.target_kl * jnp.maximum(kl_n, 1.0))
+        params, opt_state, gnorm, ok = _apply_update(tx, gp, opt_state, params, pl, ~stopped)
         mets = dict(mets)
+        mets["kl_stopped"] = M.scalar_pair(stopped.astype(jnp.float32))
         mets["policy_loss"] = M.scalar_pair(pl)
         mets["grad_norm"] = M.scalar_pair(gnorm)
         mets["skipped_update"] = M.scalar_pair(1.0 - ok.astype(jnp.float32))
@@ -540,7 +560,7 @@ def make_ppo_step(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, donate: boo
             mets["value_loss"] = M.scalar_pair(vl)
             mets["critic_grad_norm"] = M.scalar_pair(cgnorm)
             mets["critic_skipped_update"] = M.scalar_pair(1.0 - cok.astype(jnp.float32))
-        return (params, opt_state, cparams, copt), mets
+        return (params, opt_state, cparams, copt, stopped), mets
 
     def ppo_step(state: TrainState, batch: dict):
         B = batch["input_ids"].shape[0]
@@ -555,7 +575,7 @@ def make_ppo_step(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, donate: boo
             minis = jax.tree.map(lambda x: _micro_split(x, n_mini, n_micro), shuffled)
             return jax.lax.scan(mini_update, parts, minis)
 
-        parts = (state.params, state.opt_state, state.critic_params, state.critic_opt_state)
+        parts = (state.params, state.opt_state, state.critic_params, state.critic_opt_state, jnp.array(False))
         parts, mets = jax.lax.scan(epoch_body, parts, jnp.stack(ekeys))
         mets = jax.tree.map(lambda x: x.sum(axis=(0, 1)), mets)  # sum pairs over epochs and mini-batches
         mask = batch["loss_mask"]
@@ -566,7 +586,7 @@ def make_ppo_step(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, donate: boo
             mets["sampler_kl_k3"] = M.masked_pair(L.kl_estimate(jnp.where(on, sampler_lp, 0.0), jnp.where(on, batch["old_logprobs"], 0.0), "k3"), mask)
         mets["trained_tokens"] = M.pair(mask.sum(), 1.0)
         mets["advantage"] = M.masked_pair(jnp.where(mask > 0, batch["advantages"], 0.0), mask)
-        params, opt_state, cparams, copt = parts
+        params, opt_state, cparams, copt, _ = parts
         new_state = TrainState(params=params, opt_state=opt_state, critic_params=cparams,
                                critic_opt_state=copt, step=state.step + 1, rng=rng)
         return new_state, mets

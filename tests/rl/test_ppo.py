@@ -267,3 +267,43 @@ def test_prepare_folds_kl_into_scores(grpo_setup):
     np.testing.assert_allclose(np.asarray(b["advantages"]), np.asarray(want), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="ref_params"):
         fns.prepare(state, r)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.25])
+def test_negative_advantage_scale_shrinks_only_negative_advantages(scale):
+    from pilotrl_jax.rl import advantages as A
+
+    r = _rollout(seed=9)
+    batch = {k: jnp.asarray(v) for k, v in r.items() if k in ("scores", "group_ids", "loss_mask")}
+    plain, _ = ppo.make_advantage_fn(ppo.PPOConfig())(batch)
+    got, _ = ppo.make_advantage_fn(ppo.PPOConfig(negative_advantage_scale=scale))(batch)
+    plain, got = np.asarray(plain), np.asarray(got)
+    want = A.grpo(r["scores"], r["loss_mask"], r["group_ids"], 8)
+    np.testing.assert_allclose(plain, np.asarray(want), rtol=1e-5, atol=1e-6)
+    assert (plain < 0).any() and (plain > 0).any()
+    np.testing.assert_allclose(got, np.where(plain < 0, scale * plain, plain), rtol=1e-6, atol=1e-7)
+
+
+def test_negative_advantage_scale_out_of_range_is_named():
+    with pytest.raises(ValueError, match="negative_advantage_scale=1.5"):
+        ppo.PPOConfig(negative_advantage_scale=1.5)
+
+
+def test_target_kl_skips_the_rest_of_the_step_once_a_mini_batch_leaves_the_trust_region():
+    def run(target_kl):
+        cfg = ppo.PPOConfig(lr=1e-2, num_mini_batches=2, epochs=2, weight_decay=0.0, target_kl=target_kl)
+        fns = ppo.build(MC, cfg, donate=False)
+        state = ppo.init_train_state(MC, cfg, _params(), jax.random.PRNGKey(1))
+        new, m = fns.step(state, fns.prepare(state, _rollout(seed=3)))
+        return new, M.finalize(m)
+
+    free, f_free = run(None)
+    wide, f_wide = run(1e9)
+    tight, f_tight = run(1e-9)  # the first update (ratio exactly 1 before it) is the only one applied
+    assert int(ppo._update_count(free.opt_state)) == 4 and f_free["kl_stopped"] == 0.0
+    assert _max_diff(free.params, wide.params) == 0.0 and f_wide["kl_stopped"] == 0.0
+    assert int(ppo._update_count(tight.opt_state)) == 1
+    assert f_tight["kl_stopped"] == 0.75 and f_tight["skipped_update"] == 0.0
+    assert _max_diff(tight.params, _params()) > 0 and _max_diff(tight.params, free.params) > 0
+    with pytest.raises(ValueError, match="target_kl=0"):
+        ppo.PPOConfig(target_kl=0.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import types
 from typing import Any, Optional, Sequence
 
@@ -40,19 +41,36 @@ def rollout_config(ctx, *, group_size: int, mode: str, replan: Optional[str], te
     )
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of the chance that at least one of k samples succeeds, from n samples with c
+    successes (Chen et al., 2021): 1 - C(n - c, k) / C(n, k)."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass_at_k needs 0 < k <= n and 0 <= c <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
 def success_table(batch, tasks: Sequence[Any]) -> dict:
-    """Success rate overall and per task type from a RolloutBatch (group-major order)."""
+    """Success rate overall and per task type from a RolloutBatch (group-major order), and pass@k over
+    tasks for k = the samples each task got (how much a policy could gain by sharpening alone)."""
     by_type: dict = collections.defaultdict(lambda: [0, 0])
+    by_task: dict = collections.defaultdict(lambda: [0, 0])
     for e in batch.episodes:
         t = tasks[e.group_id]
         key = t.task_type or "all"
         by_type[key][0] += int(bool(e.won))
         by_type[key][1] += 1
+        by_task[e.group_id][0] += int(bool(e.won))
+        by_task[e.group_id][1] += 1
     n = len(batch.episodes)
     won = sum(int(bool(e.won)) for e in batch.episodes)
+    k = min((v[1] for v in by_task.values()), default=0)
     return {
         "episodes": n,
         "success_rate": won / max(n, 1),
+        "samples_per_task": k,
+        "pass_at_k": sum(pass_at_k(v[1], v[0], k) for v in by_task.values()) / max(len(by_task), 1) if k else 0.0,
         "per_type": {k: {"success_rate": v[0] / v[1], "episodes": v[1]} for k, v in sorted(by_type.items())},
         "mean_turns": sum(e.num_turns for e in batch.episodes) / max(n, 1),
         "format_error_rate": sum(int(e.format_errors > 0) for e in batch.episodes) / max(n, 1),
@@ -126,10 +144,12 @@ def _evaluate_hosts(ctx, params, tasks, mode, replan, temperature, top_p, seed, 
 def format_table(rows: Sequence[dict]) -> str:
     """A plain-text table of evaluation rows (keys: model, mode, success_rate, episodes, per_type)."""
     types = sorted({k for r in rows for k in r.get("per_type", {})})
-    head = f"{'model':<14} {'mode':<8} {'success':>8} {'episodes':>8} " + " ".join(f"{t[:14]:>14}" for t in types)
+    head = (f"{'model':<14} {'mode':<8} {'success':>8} {'episodes':>8} {'pass@k':>10} "
+            + " ".join(f"{t[:14]:>14}" for t in types))
     lines = [head, "-" * len(head)]
     for r in rows:
         per = r.get("per_type", {})
         cells = " ".join(f"{per[t]['success_rate'] * 100:>13.1f}%" if t in per else f"{'-':>14}" for t in types)
-        lines.append(f"{r['model']:<14} {r['mode']:<8} {r['success_rate'] * 100:>7.1f}% {r['episodes']:>8} {cells}")
+        pk = (f"{r['pass_at_k'] * 100:.1f}% @{r['samples_per_task']}" if r.get("samples_per_task") else "-").rjust(10)
+        lines.append(f"{r['model']:<14} {r['mode']:<8} {r['success_rate'] * 100:>7.1f}% {r['episodes']:>8} {pk} {cells}")
     return "\n".join(lines)

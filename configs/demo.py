@@ -31,9 +31,12 @@ RL settings (compared on generator seeds 100, 101 and 102 only, 32 held-out task
   it moves ~10x more a step. 17 steps from the same warm starts of dev seeds 100 / 101 gave 21.1 /
   35.2% held-out against 20.3 / ~28 with one pass (it also raised format errors on seed 101 for a
   few steps);
-- lr 5e-4 in stages 1 and 2 (each trains one span kind), 3e-4 in stage 3 (plan and action tokens at
-  once): at 5e-4 stage 3 broke the format on dev seed 100 (training success 0.39 -> 0.02 and
-  episodes at the token budget within 9 steps); lr 1.5e-3 broke it on every dev seed;
+- lr 5e-4 in stages 1 and 2 (each trains one span kind), 1.5e-4 in stage 3 (plan and action tokens
+  at once): at 5e-4 stage 3 broke the format on dev seed 100 (training success 0.39 -> 0.02 and
+  episodes at the token budget within 9 steps); lr 1.5e-3 broke it on every dev seed; from session
+  10's warm starts of dev seeds 100 / 101 (11.7 / 14.1%), 17 steps at 3e-4 gave 14.1 / 20.3% with
+  format errors on seed 100 rising from 0.46 to 1.42 per held-out episode, and 17 steps at 1.5e-4
+  gave 18.8 / 26.6% with 0.03 / 0.20 (held-out pass@4 28 -> 31 / 28 -> 41%);
 - `rl.loss_agg_mode="seq-mean-token-mean"`: failed episodes run to the turn limit, so they are about
   twice as long as won ones; under token-mean the format tokens every turn repeats then get a net
   negative push from each GRPO group (tests/rl/test_losses.py shows it); averaging each episode's
@@ -112,6 +115,6 @@ def get_config(arg: str = ""):
     c.stages.stage3.ppo_epochs = 2
     c.stages.stage1.lr = 5e-4
     c.stages.stage2.lr = 5e-4
-    c.stages.stage3.lr = 3e-4
+    c.stages.stage3.lr = 1.5e-4
     c.pipeline = arg or "sft,stage1,stage2,stage3"
     return c

@@ -21,7 +21,9 @@ def rows_from_run(workdir: str, stages: Iterable[str], seed: int) -> list[dict]:
             for r in json.load(f):
                 rows.append({"model": MODEL_NAMES.get(stage, stage), "mode": r["mode"], "seed": int(seed),
                              "split": "heldout", "success_rate": float(r["success_rate"]),
-                             "episodes": int(r["episodes"]), "per_type": r.get("per_type", {})})
+                             "episodes": int(r["episodes"]), "per_type": r.get("per_type", {}),
+                             "pass_at_k": float(r.get("pass_at_k", 0.0)),
+                             "samples_per_task": int(r.get("samples_per_task", 0))})
     return rows
 
 

@@ -93,6 +93,7 @@ def test_pipeline_chains_stages_and_writes_everything(tmp_path):
     path = write_results(str(tmp_path / "results.json"), rows)
     got = json.load(open(path))["runs"][0]
     assert set(got) >= {"model", "mode", "seed", "split", "success_rate", "episodes"} and got["split"] == "heldout"
+    assert 0.0 <= got["success_rate"] <= got["pass_at_k"] + 1e-9 <= 1.0 + 1e-9 and got["samples_per_task"] == cfg.eval.group_size
     # the evaluate CLI on the final checkpoint
     r = subprocess.run([sys.executable, "-m", "pilotrl_jax.evaluate", "--checkpoint", prev_final,
                         "--config", os.path.join(ROOT, "configs", "smoke.py"), "--config.env.num_train_tasks=12",

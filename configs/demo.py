@@ -36,7 +36,9 @@ RL settings (compared on generator seeds 100, 101 and 102 only, 32 held-out task
   episodes at the token budget within 9 steps); lr 1.5e-3 broke it on every dev seed; from session
   10's warm starts of dev seeds 100 / 101 (11.7 / 14.1%), 17 steps at 3e-4 gave 14.1 / 20.3% with
   format errors on seed 100 rising from 0.46 to 1.42 per held-out episode, and 17 steps at 1.5e-4
-  gave 18.8 / 26.6% with 0.03 / 0.20 (held-out pass@4 28 -> 31 / 28 -> 41%);
+  gave 18.8 / 26.6% with 0.03 / 0.20 (held-out pass@4 28 -> 31 / 28 -> 41%); dev seed 102, run after
+  the switch, went the other way (warm start 12.5%: 22.7% at 3e-4, 14.1% at 1.5e-4), so over three
+  dev seeds the two are within the noise (+6.3 vs +7.1 points on average);
 - `rl.loss_agg_mode="seq-mean-token-mean"`: failed episodes run to the turn limit, so they are about
   twice as long as won ones; under token-mean the format tokens every turn repeats then get a net
   negative push from each GRPO group (tests/rl/test_losses.py shows it); averaging each episode's

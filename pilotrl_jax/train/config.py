@@ -89,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
         tasks_per_step=256, group_size=16, temperature=1.0, top_p=1.0, top_k=0,
         max_batch=0,  # sampler rows; 0 = tasks_per_step * group_size
         num_cohorts=2, env_threads=0,  # 0 = auto (1 for in-process engines, else one per episode)
+        # 0: the RL stages' randomness (rollout sampling, PPO's mini-batch order) derives from `seed`
+        # alone; another value re-draws it while the tasks, the warm start and each step's tasks stay
+        # the same, so repeated RL runs from one warm start measure RL's own run-to-run spread
+        rl_seed_offset=0,
     ))
     ppo = dataclasses.asdict(PPOConfig())
     c.rl = ml_collections.ConfigDict(ppo)
@@ -169,6 +173,10 @@ def validate(c) -> None:
         raise ValueError(f"config.model.source={c.model.source!r} needs config.model.path (a model directory)")
     if c.judge.kind not in JUDGES:
         raise ValueError(f"config.judge.kind={c.judge.kind!r}; expected one of {JUDGES}")
+    off = c.rollout.get("rl_seed_offset", 0)
+    if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+        raise ValueError(f"config.rollout.rl_seed_offset={off!r}; expected an int >= 0 (0 = derive the RL "
+                         "randomness from config.seed alone)")
     n_rl = int(c.env.get("num_rl_tasks", 0))
     if n_rl < 0 or (n_rl and c.env.name != "alfworld"):
         raise ValueError(f"config.env.num_rl_tasks={n_rl} (env {c.env.name!r}); expected 0, or > 0 with "

@@ -103,9 +103,17 @@ def step_tasks(tasks: list, per_step: int, step: int, seed: int) -> list:
     return out
 
 
-def rollout_seed(seed: int, stage_index: int, step: int) -> int:
-    """The rollout seed of a step (sampler seeds per episode derive from it)."""
-    return int(np.random.SeedSequence([int(seed), 1000 + stage_index, int(step)]).generate_state(1)[0])
+def rollout_seed(seed: int, stage_index: int, step: int, offset: int = 0) -> int:
+    """The rollout seed of a step (sampler seeds per episode derive from it); `offset` > 0
+    (`rollout.rl_seed_offset`) re-draws it, 0 keeps the seeds of runs made before the option existed."""
+    entropy = [int(seed), 1000 + stage_index, int(step)] + ([int(offset)] if offset else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def ppo_rng(seed: int, stage_index: int, offset: int = 0) -> jax.Array:
+    """The PRNG key of a stage's TrainState (PPO's mini-batch order); `offset` > 0 re-draws it."""
+    key = jax.random.PRNGKey(int(seed) + stage_index)
+    return jax.random.fold_in(key, int(offset)) if offset else key
 
 
 def _rest_of(state: ppo.TrainState) -> dict:
@@ -293,8 +301,8 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
     cfg = ctx.cfg
     fns = ppo.build(ctx.model_cfg, st.ppo, ctx.mesh)
     ref_params = params if st.ppo.needs_ref else None
-    state = ppo.init_train_state(ctx.model_cfg, st.ppo, params, jax.random.PRNGKey(int(cfg.seed) + stage_index),
-                                 mesh=ctx.mesh)
+    offset = int(cfg.rollout.get("rl_seed_offset", 0))
+    state = ppo.init_train_state(ctx.model_cfg, st.ppo, params, ppo_rng(cfg.seed, stage_index, offset), mesh=ctx.mesh)
     start = 0
     got = ck.restore_latest(state.params, _rest_of(state))
     if got is not None:
@@ -320,7 +328,7 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
         tasks = step_tasks(ctx.rl_pool, st.tasks_per_step, step, int(cfg.seed) + stage_index)
         rc = rollout_config(ctx, group_size=st.group_size, mode=st.mode, replan=st.replan,
                             temperature=float(cfg.rollout.temperature), top_p=float(cfg.rollout.top_p),
-                            seed=multihost.host_seed(rollout_seed(cfg.seed, stage_index, step)), progress=False)
+                            seed=multihost.host_seed(rollout_seed(cfg.seed, stage_index, step, offset)), progress=False)
         policy = SamplerPolicy(engine, rc.temperature, rc.top_p, rc.top_k)
         batch = RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc, planner=planner).run(
             [tasks[g] for g in plan.groups])  # this host's groups (all of them on one host)

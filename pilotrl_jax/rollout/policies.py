@@ -159,7 +159,22 @@ def expert_plan_from_actions(env_family: str, actions: Optional[Sequence[str]]) 
     return [str(a) for a in actions]
 
 
-def expert_turn(ctx) -> str:
+# How the expert's executor thought cites the plan: "full" is the paper's sentence ("According to
+# Step 2 of the global plan, I should go to desk 1."); "short" cites the step alone ("Step 2."), which
+# makes each turn ~11 tokens instead of ~25 with the demo's tokenizer (shorter episodes: fewer decode
+# steps, shorter training rows).
+THOUGHT_STYLES = ("full", "short")
+
+
+def check_thought_style(style: str) -> str:
+    """Validate an expert thought style name (`THOUGHT_STYLES`)."""
+    if style not in THOUGHT_STYLES:
+        raise ValueError(f"thought style {style!r} is unknown; expected one of {THOUGHT_STYLES} "
+                         "(config.agent.thought_style)")
+    return style
+
+
+def expert_turn(ctx, thought: str = "full") -> str:
     """The expert's turn as text: a plan of the expert's remaining actions, or thought + next action."""
     ep = ctx.episode
     expert = ctx.expert if ctx.expert is not None else []  # may be ExpertActions with its own plan steps
@@ -167,13 +182,15 @@ def expert_turn(ctx) -> str:
         steps = expert_plan_from_actions(ep.env, expert) or ["Look around for what the task needs."]
         return prompts.plan_text(steps)
     action = expert[0] if expert else ep.noop_action
-    return _executor_text(action, getattr(expert, "step", None))
+    return executor_text(action, getattr(expert, "step", None), thought)
 
 
-def _executor_text(action: str, step: Optional[int]) -> str:
+def executor_text(action: str, step: Optional[int], thought: str = "full") -> str:
     """The expert's executor turn for `action`; `step` is the plan step it carries out (None: the first)."""
-    return (f"<thought>According to Step {1 if step is None else step + 1} of the global plan, I should {action}."
-            f"</thought><action>{action}</action>")
+    n = 1 if step is None else step + 1
+    if check_thought_style(thought) == "short":
+        return f"<thought>Step {n}.</thought><action>{action}</action>"
+    return f"<thought>According to Step {n} of the global plan, I should {action}.</thought><action>{action}</action>"
 
 
 # The only commands injected as mistakes: moving, opening and looking. Taking, putting or using an
@@ -193,17 +210,18 @@ class RecoveryTurns:
     so the caller can keep those turns out of the loss (`mark_injected`).
     """
 
-    def __init__(self, rate: float, seed: int, max_per_episode: int = 2):
+    def __init__(self, rate: float, seed: int, max_per_episode: int = 2, thought: str = "full"):
         if not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"recovery rate={rate}; expected a probability in [0, 1)")
         self.rate, self.seed, self.max_per_episode = float(rate), int(seed), int(max_per_episode)
+        self.thought = check_thought_style(thought)
         self.injected: set = set()
         self._count: dict = {}  # (task_id, sample) -> mistakes so far
         self._last: dict = {}  # (task_id, sample) -> (turn, command) of the episode's last action
 
     def __call__(self, ctx) -> str:
         """The expert's turn, or an injected mistake."""
-        text = expert_turn(ctx)
+        text = expert_turn(ctx, self.thought)
         if ctx.request.kind == SpanKind.PLAN:
             return text
         key, turn = (ctx.task.task_id, ctx.sample), ctx.episode.num_turns
@@ -222,7 +240,7 @@ class RecoveryTurns:
         if mistake is not None:
             self.injected.add(key + (turn,))
             self._count[key] = self._count.get(key, 0) + 1
-            text = _executor_text(mistake, getattr(ctx.expert, "step", None))
+            text = executor_text(mistake, getattr(ctx.expert, "step", None), self.thought)
         self._last[key] = (turn, expert if mistake is None else mistake)
         return text
 

@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
         mode="adaplan", replan="every_step", max_turns=30, max_plan_tokens=256, max_action_tokens=128,
         token_budget=16384, show_admissible=False, max_format_errors=0,  # 0 = no limit
         prompt_style="full",  # full | compact (short instructions for tiny models trained from scratch)
+        # how the expert's demonstrated thought cites the plan: full ("According to Step 2 of the global
+        # plan, I should go to desk 1.") | short ("Step 2."; ~half the tokens a turn)
+        thought_style="full",
     ))
     c.rollout = ml_collections.ConfigDict(dict(
         tasks_per_step=256, group_size=16, temperature=1.0, top_p=1.0, top_k=0,
@@ -93,6 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
         # alone; another value re-draws it while the tasks, the warm start and each step's tasks stay
         # the same, so repeated RL runs from one warm start measure RL's own run-to-run spread
         rl_seed_offset=0,
+        # a PPO batch is padded to the next power of two of its longest episode (0), or to a multiple of
+        # k tokens (e.g. 128: rows of 700 tokens train at 768, not 1024; one compile per length seen)
+        pad_multiple=0,
     ))
     ppo = dataclasses.asdict(PPOConfig())
     c.rl = ml_collections.ConfigDict(ppo)
@@ -177,11 +183,18 @@ def validate(c) -> None:
     if not isinstance(off, int) or isinstance(off, bool) or off < 0:
         raise ValueError(f"config.rollout.rl_seed_offset={off!r}; expected an int >= 0 (0 = derive the RL "
                          "randomness from config.seed alone)")
+    pm = c.rollout.get("pad_multiple", 0)
+    if not isinstance(pm, int) or isinstance(pm, bool) or pm < 0:
+        raise ValueError(f"config.rollout.pad_multiple={pm!r}; expected 0 (pad PPO batches to a power of two) "
+                         "or a positive int k (pad to a multiple of k, e.g. 128)")
     n_rl = int(c.env.get("num_rl_tasks", 0))
     if n_rl < 0 or (n_rl and c.env.name != "alfworld"):
         raise ValueError(f"config.env.num_rl_tasks={n_rl} (env {c.env.name!r}); expected 0, or > 0 with "
                          "env.name='alfworld' (a pool of RL tasks in generated rooms)")
     prompts.check_mode(c.agent.mode, c.agent.replan)
+    if c.agent.get("thought_style", "full") not in ("full", "short"):
+        raise ValueError(f"config.agent.thought_style={c.agent.thought_style!r}; expected 'full' (the paper's "
+                         "'According to Step 2 of the global plan, I should ...') or 'short' ('Step 2.')")
     _check_modes(c.eval.modes, "config.eval.modes")
     for n in names:
         s = c.stages[n]

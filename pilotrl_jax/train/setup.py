@@ -127,9 +127,10 @@ def env_factory(cfg) -> Callable[[], Any]:
     return functools.partial(registry.make_env, e.name, isolate=bool(e.isolate), **kwargs)
 
 
-def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str) -> list[str]:
-    """Text of expert episodes (observations, actions, plan steps): a tokenizer's training corpus."""
-    from pilotrl_jax.rollout.policies import expert_plan_from_actions
+def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str, thought: str = "full") -> list[str]:
+    """Text of expert episodes (observations, plan steps, executor turns as the expert writes them with
+    the `thought` style): a tokenizer's training corpus."""
+    from pilotrl_jax.rollout.policies import executor_text, expert_plan_from_actions
 
     texts: list[str] = []
     env = factory()
@@ -144,7 +145,7 @@ def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str) -> lis
                 plan = expert_plan_from_actions(env_name, acts) or []
                 texts.extend(plan)
                 res = env.step(acts[0])
-                texts.extend([acts[0], res.observation])
+                texts.extend([executor_text(acts[0], getattr(acts, "step", None), thought), res.observation])
                 if res.done:
                     break
     finally:
@@ -172,7 +173,8 @@ def _tokenizer(cfg, workdir: str, train_tasks: list, factory) -> Any:
     dist.sync("tokenizer")  # several hosts: every host looked before process 0 may write it
     if have:
         return transformers.AutoTokenizer.from_pretrained(tok_dir)
-    corpus = expert_corpus(factory, train_tasks[: int(cfg.tokenizer.corpus_tasks)], cfg.env.name)
+    corpus = expert_corpus(factory, train_tasks[: int(cfg.tokenizer.corpus_tasks)], cfg.env.name,
+                           str(cfg.agent.get("thought_style", "full")))
     corpus += env_vocabulary_corpus(cfg.env.name)
     tok = build_word_tokenizer(corpus, vocab_size=int(cfg.tokenizer.vocab_size))
     if jax.process_index() == 0:

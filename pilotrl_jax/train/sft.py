@@ -9,6 +9,7 @@ writes the cache, and each step's batch is placed over the mesh from the rows ev
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -76,7 +77,9 @@ def collect_demos(ctx, tasks, mode: str, replan, seed: int, recovery_rate: float
     from pilotrl_jax.train.evaluation import rollout_config
 
     rc = rollout_config(ctx, group_size=1, mode=mode, replan=replan, temperature=1.0, top_p=1.0, seed=seed)
-    turns = RecoveryTurns(recovery_rate, seed) if recovery_rate > 0 else expert_turn
+    thought = str(ctx.cfg.agent.get("thought_style", "full"))
+    turns = (RecoveryTurns(recovery_rate, seed, thought=thought) if recovery_rate > 0
+             else functools.partial(expert_turn, thought=thought))
     policy = ForcedPolicy(turns, max_len=int(ctx.cfg.agent.token_budget))
     batch = RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc).run(list(tasks))
     if recovery_rate > 0:

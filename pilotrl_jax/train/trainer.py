@@ -272,6 +272,12 @@ def turn_credit(episodes, rewards, reward_cfg, T: int) -> Optional[np.ndarray]:
     return out
 
 
+def seq_bucket(cfg):
+    """How a PPO batch's length is padded: 'pow2' (config.rollout.pad_multiple 0) or a multiple of k."""
+    k = int(cfg.rollout.get("pad_multiple", 0))
+    return "pow2" if k == 0 else k
+
+
 def params_checksum(params) -> float:
     """Sum of |params| in float64: a cheap fingerprint to check which params a stage started from.
 
@@ -346,10 +352,11 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
                 judgements[i] = j
             judge_stats = {f"judge/{k}": v for k, v in judge.stats().items() if isinstance(v, (int, float))}
         rewards = compute_rewards([episode_summary(e, j) for e, j in zip(batch.episodes, judgements)], st.reward)
+        bucket = seq_bucket(ctx.cfg)
         if multihost.is_multihost():  # every host pads to the same bucket: one compiled shape
-            arr = batch.to_arrays(pad_to=multihost.agreed_length(max(e.length for e in batch.episodes)))
+            arr = batch.to_arrays(pad_to=multihost.agreed_length(max(e.length for e in batch.episodes), bucket))
         else:
-            arr = batch.to_arrays()
+            arr = batch.to_arrays(bucket)
         rollout = training_batch(arr, st.trained_spans, rewards.reward,
                                  turn_credit(batch.episodes, rewards, st.reward, arr["input_ids"].shape[1]),
                                  valid=np.array([e.status != "env_error" for e in batch.episodes]))

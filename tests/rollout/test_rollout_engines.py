@@ -173,3 +173,36 @@ def test_scienceworld_one_episode_sampled_and_forced(engine, tok):
                          progress=False)
         _check(forced, 1)
         assert forced.statuses == ["success"] and forced.episodes[0].won, [(e.status, e.error) for e in forced.episodes]
+
+
+def test_short_thought_style_demos_cite_the_step_in_fewer_tokens_and_still_win(alf, tok):
+    """agent.thought_style="short": the expert's thought is just the plan step it carries out
+    ("Step 2."); the episodes win exactly as with the full sentence, parse without format errors,
+    take fewer tokens, and recovery turns (mistakes included) use the same style."""
+    import functools
+
+    from pilotrl_jax.rollout.policies import executor_text
+
+    tasks, envs = alf
+    full = collect(tasks, ForcedPolicy(expert_turn), envs, tok, max_turns=40, progress=False)
+    short = collect(tasks, ForcedPolicy(functools.partial(expert_turn, thought="short")), envs, tok, max_turns=40,
+                    progress=False)
+    assert full.statuses == short.statuses == ["success"] * 4
+    for a, b in zip(full.episodes, short.episodes):
+        assert a.num_turns == b.num_turns and b.format_errors == 0 and b.length < a.length
+        acts = [s.text for s in b.spans if s.kind == SpanKind.ACTION]
+        assert all(t.startswith("<thought>Step ") and t.split("</thought>")[0][-1] == "." for t in acts)
+        assert [t.split("<action>")[1] for t in acts] == [
+            t.split("<action>")[1] for t in (s.text for s in a.spans if s.kind == SpanKind.ACTION)]
+    turns = RecoveryTurns(0.5, seed=3, thought="short")
+    noisy = collect(tasks, ForcedPolicy(turns), envs, tok, max_turns=40, progress=False)
+    assert turns.mark_injected(noisy) > 0
+    assert all(s.text.startswith("<thought>Step ") for e in noisy.episodes for s in e.spans
+               if s.kind in (SpanKind.ACTION, SpanKind.EXTERNAL_ACTION))
+    assert executor_text("go to desk 1", 1, "short") == "<thought>Step 2.</thought><action>go to desk 1</action>"
+    assert executor_text("go to desk 1", None) == (
+        "<thought>According to Step 1 of the global plan, I should go to desk 1.</thought><action>go to desk 1</action>")
+    with pytest.raises(ValueError, match="thought style 'tiny' is unknown.*thought_style"):
+        executor_text("look", 0, "tiny")
+    with pytest.raises(ValueError, match="thought style"):
+        RecoveryTurns(0.1, seed=0, thought="long")

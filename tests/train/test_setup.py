@@ -22,6 +22,19 @@ def test_alfworld_names_are_single_tokens_with_the_vocabulary_corpus(tmp_path):
     assert env_vocabulary_corpus("tiny") == []
 
 
+def test_the_tokenizer_corpus_holds_the_executor_turns_the_expert_writes(tmp_path):
+    """The expert's executor turns (thought + action, in the configured thought style) are in the
+    corpus, so the words the policy writes every turn merge into whole tokens."""
+    tasks = generate_tasks(str(tmp_path), 4, 2, seed=0, room_size="few")["train"]
+    full = expert_corpus(lambda: AlfWorldEnv(expert="search"), tasks, "alfworld")
+    short = expert_corpus(lambda: AlfWorldEnv(expert="search"), tasks, "alfworld", thought="short")
+    turns = [t for t in full if t.startswith("<thought>According to Step ")]
+    assert turns and all(t.endswith("</action>") for t in turns)
+    assert [t for t in short if t.startswith("<thought>Step ")] and not any("According" in t for t in short)
+    tok = build_word_tokenizer(full + env_vocabulary_corpus("alfworld"), vocab_size=1024)
+    assert len(tok.encode(" should")) == 1
+
+
 def test_rl_stages_draw_from_a_separate_pool_of_rooms_when_asked(tmp_path):
     """env.num_rl_tasks: the RL stages' tasks come from the generator's `rl` split (rooms the SFT
     demonstrations and the held-out tasks never show); without it they are the train tasks."""

@@ -407,10 +407,19 @@ def test_rl_seed_offset_redraws_the_rl_randomness_and_zero_keeps_the_old_seeds()
         C.validate(cfg)
 
 
+def test_an_unknown_thought_style_is_refused_by_name():
+    cfg = micro_config()
+    cfg.agent.thought_style = "brief"
+    with pytest.raises(ValueError, match="config.agent.thought_style='brief'.*'full'.*'short'"):
+        C.validate(cfg)
+
+
 def test_rl_seed_offset_gives_another_rl_run_from_the_same_start(tmp_path):
+    """(Also: rollout.pad_multiple pads the PPO batch to a multiple of k instead of a power of two.)"""
     def run(offset, where):
         cfg = micro_config("stage1")
         cfg.rollout.rl_seed_offset = offset
+        cfg.rollout.pad_multiple = 96 if offset else 0
         T.run_pipeline(cfg, str(where), evaluate_stages=False)
         row = json.loads(open(where / "stage1" / "metrics.jsonl").readline())
         return row, json.load(open(where / "stage1" / "init.json"))["checksum"]
@@ -420,3 +429,11 @@ def test_rl_seed_offset_gives_another_rl_run_from_the_same_start(tmp_path):
     assert ia == ib  # the same starting params
     # other samples (an untrained policy's rewards are all equal, so its params only decay, alike)
     assert (a["length/mean"], a["length/policy_tokens"]) != (b["length/mean"], b["length/policy_tokens"])
+    assert a["batch/seq_len"] & (a["batch/seq_len"] - 1) == 0 and b["batch/seq_len"] % 96 == 0
+
+
+def test_pad_multiple_is_checked():
+    cfg = micro_config()
+    cfg.rollout.pad_multiple = -128
+    with pytest.raises(ValueError, match="config.rollout.pad_multiple=-128"):
+        C.validate(cfg)

@@ -69,7 +69,7 @@ def main(argv):
     n = _N.value or int(cfg.eval.num_tasks)
     rows = []
     for mode in _split(_MODE.value):
-        table, _ = evaluate(ctx, params, held[:n], mode=mode)
+        table, _ = evaluate(ctx, params, held[:n], mode=mode, group_size=int(cfg.eval.group_size))
         rows.append(dict(model=os.path.basename(os.path.normpath(_CKPT.value)), mode=mode, env=cfg.env.name, **table))
     print(f"env: {cfg.env.name}  split: {cfg.env.eval_split}")
     print(format_table(rows))

@@ -98,11 +98,12 @@ def test_pipeline_chains_stages_and_writes_everything(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pilotrl_jax.evaluate", "--checkpoint", prev_final,
                         "--config", os.path.join(ROOT, "configs", "smoke.py"), "--config.env.num_train_tasks=12",
                         "--config.env.num_eval_tasks=2", "--config.agent.max_turns=2", "--num_tasks=2",
-                        "--mode=adaplan,react", "--json", str(tmp_path / "ev.json")],
+                        "--config.eval.group_size=2", "--mode=adaplan,react", "--json", str(tmp_path / "ev.json")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ev = json.load(open(tmp_path / "ev.json"))
-    assert [e["mode"] for e in ev] == ["adaplan", "react"] and all(e["episodes"] == 2 for e in ev)
+    assert [e["mode"] for e in ev] == ["adaplan", "react"]  # eval.group_size samples per task, as the trainer
+    assert all(e["episodes"] == 4 and e["samples_per_task"] == 2 for e in ev)
     assert "success" in r.stdout
     # rerunning a finished pipeline skips every stage
     again = T.run_pipeline(cfg, str(tmp_path))

@@ -127,9 +127,9 @@ def env_factory(cfg) -> Callable[[], Any]:
     return functools.partial(registry.make_env, e.name, isolate=bool(e.isolate), **kwargs)
 
 
-def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str, thought: str = "full") -> list[str]:
+def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str, thought: Optional[str] = "full") -> list[str]:
     """Text of expert episodes (observations, plan steps, executor turns as the expert writes them with
-    the `thought` style): a tokenizer's training corpus."""
+    the `thought` style, or the bare commands when `thought` is None): a tokenizer's training corpus."""
     from pilotrl_jax.rollout.policies import executor_text, expert_plan_from_actions
 
     texts: list[str] = []
@@ -145,7 +145,8 @@ def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str, though
                 plan = expert_plan_from_actions(env_name, acts) or []
                 texts.extend(plan)
                 res = env.step(acts[0])
-                texts.extend([executor_text(acts[0], getattr(acts, "step", None), thought), res.observation])
+                turn = acts[0] if thought is None else executor_text(acts[0], getattr(acts, "step", None), thought)
+                texts.extend([turn, res.observation])
                 if res.done:
                     break
     finally:
@@ -174,7 +175,8 @@ def _tokenizer(cfg, workdir: str, train_tasks: list, factory) -> Any:
     if have:
         return transformers.AutoTokenizer.from_pretrained(tok_dir)
     corpus = expert_corpus(factory, train_tasks[: int(cfg.tokenizer.corpus_tasks)], cfg.env.name,
-                           str(cfg.agent.get("thought_style", "full")))
+                           str(cfg.agent.get("thought_style", "full")) if cfg.tokenizer.get("executor_turns", True)
+                           else None)
     corpus += env_vocabulary_corpus(cfg.env.name)
     tok = build_word_tokenizer(corpus, vocab_size=int(cfg.tokenizer.vocab_size))
     if jax.process_index() == 0:

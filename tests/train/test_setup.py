@@ -31,6 +31,8 @@ def test_the_tokenizer_corpus_holds_the_executor_turns_the_expert_writes(tmp_pat
     turns = [t for t in full if t.startswith("<thought>According to Step ")]
     assert turns and all(t.endswith("</action>") for t in turns)
     assert [t for t in short if t.startswith("<thought>Step ")] and not any("According" in t for t in short)
+    bare = expert_corpus(lambda: AlfWorldEnv(expert="search"), tasks, "alfworld", thought=None)  # executor_turns=False
+    assert not any("<thought>" in t for t in bare) and any(t.startswith("go to ") for t in bare)
     tok = build_word_tokenizer(full + env_vocabulary_corpus("alfworld"), vocab_size=1024)
     assert len(tok.encode(" should")) == 1
 

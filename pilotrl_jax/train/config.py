@@ -17,6 +17,7 @@ import ml_collections
 from pilotrl_jax.agent import prompts
 from pilotrl_jax.rewards.shaping import RewardConfig
 from pilotrl_jax.rl.ppo import PPOConfig
+from pilotrl_jax.rollout.policies import THOUGHT_STYLES
 
 STAGE_KINDS = ("sft", "rl")
 PLAN_SOURCES = ("expert", "policy", "http", "checkpoint")
@@ -196,7 +197,7 @@ def validate(c) -> None:
         raise ValueError(f"config.env.num_rl_tasks={n_rl} (env {c.env.name!r}); expected 0, or > 0 with "
                          "env.name='alfworld' (a pool of RL tasks in generated rooms)")
     prompts.check_mode(c.agent.mode, c.agent.replan)
-    if c.agent.get("thought_style", "full") not in ("full", "short"):
+    if c.agent.get("thought_style", "full") not in THOUGHT_STYLES:
         raise ValueError(f"config.agent.thought_style={c.agent.thought_style!r}; expected 'full' (the paper's "
                          "'According to Step 2 of the global plan, I should ...') or 'short' ('Step 2.')")
     _check_modes(c.eval.modes, "config.eval.modes")

@@ -421,10 +421,12 @@ def _check_types(task_types) -> tuple:
     return tuple(t for t in TASK_TYPES if t in task_types)  # canonical order
 
 
-def _split_layouts(rng, n_tasks, task_types, exclude: set, table=ROOMS, per_layout=TASKS_PER_LAYOUT) -> list[Layout]:
-    """Sample the layouts of one split (disjoint from `exclude` signatures), covering each type."""
+def _split_layouts(rng, n_tasks, task_types, exclude: set, table=ROOMS, per_layout=TASKS_PER_LAYOUT,
+                   n_layouts: int = 0) -> list[Layout]:
+    """Sample the layouts of one split (disjoint from `exclude` signatures), covering each type;
+    n_layouts > 0 fixes their number (else one layout per `per_layout` tasks)."""
     rooms = [r for r in table.values() if any(_room_supports(r, t) for t in task_types)]
-    n_layouts = max(len(task_types), math.ceil(n_tasks / per_layout))
+    n_layouts = max(len(task_types), int(n_layouts) or math.ceil(n_tasks / per_layout))
     # weight of a room: how much of the type mix it can host
     weights = {r.name: sum(1.0 / sum(_room_supports(q, t) for q in rooms) for t in task_types
                            if _room_supports(r, t)) for r in rooms}
@@ -444,13 +446,15 @@ def _split_layouts(rng, n_tasks, task_types, exclude: set, table=ROOMS, per_layo
             if lay.signature not in seen:
                 break
         else:
-            raise RuntimeError(f"could not sample a new {room} layout; the room templates are too small")
+            raise RuntimeError(f"could not sample a new {room} layout; the room templates are too small for "
+                               f"{n_layouts} layouts: ask for fewer tasks, or fit them in fewer layouts "
+                               f"(train_layouts, config env.train_layouts)")
         seen.add(lay.signature)
         layouts.append(lay)
     return layouts
 
 
-def _manifest_config(n_train, n_heldout, seed, task_types, room_size="full", n_rl=0) -> dict:
+def _manifest_config(n_train, n_heldout, seed, task_types, room_size="full", n_rl=0, train_layouts=0) -> dict:
     """What identifies one generated data set on disk."""
     config = {"version": GENERATOR_VERSION, "seed": int(seed), "n_train": int(n_train),
               "n_heldout": int(n_heldout), "task_types": list(task_types)}
@@ -458,6 +462,8 @@ def _manifest_config(n_train, n_heldout, seed, task_types, room_size="full", n_r
         config["room_size"] = room_size
     if n_rl:  # likewise for data sets without an RL pool
         config["n_rl"] = int(n_rl)
+    if train_layouts:  # and for train splits with the default number of layouts
+        config["train_layouts"] = int(train_layouts)
     return config
 
 
@@ -487,7 +493,7 @@ def _make_task(out_dir, split, rec) -> Task:
 
 def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
                    task_types: Sequence[str] | None = None, room_size: str = "full",
-                   n_rl: int = 0) -> dict[str, list[Task]]:
+                   n_rl: int = 0, train_layouts: int = 0) -> dict[str, list[Task]]:
     """Write (or reuse) ALFWorld game directories under out_dir; returns {'train': [...], 'heldout': [...],
     'rl': [...]}. Every split's room layouts are disjoint from the others'. The `n_rl` RL tasks are
     generated last, so asking for them leaves the train and held-out tasks as they were.
@@ -495,10 +501,16 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     room_size: "full" (ALFWorld-like rooms, 6-40 receptacles) or "small" (3-8 receptacles, one
     target instance, fewer distractors: a curriculum for tiny models; see SMALL_ROOMS) or "few"
     (small rooms with 6 object classes per room template; see FEW_ROOMS).
+
+    train_layouts: 0 spreads the train tasks over one room layout per few tasks (6; "few" rooms: 3);
+    k > 0 puts them in exactly k layouts, so more train tasks (other goals and object placements in
+    the same rooms) fit the room templates; once a layout's goals are used up, a goal recurs there with
+    a new placement. The held-out and RL splits do not change with it while k is the number of layouts
+    the default would give.
     """
     if room_size not in ROOM_SIZES:
         raise ValueError(f"room_size={room_size!r}; expected one of {sorted(ROOM_SIZES)}")
-    for name, n in (("n_train", n_train), ("n_heldout", n_heldout), ("n_rl", n_rl)):
+    for name, n in (("n_train", n_train), ("n_heldout", n_heldout), ("n_rl", n_rl), ("train_layouts", train_layouts)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"{name}={n!r}; expected an integer >= 0")
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -506,7 +518,7 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     types = _check_types(task_types)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    config = _manifest_config(n_train, n_heldout, seed, types, room_size, n_rl)
+    config = _manifest_config(n_train, n_heldout, seed, types, room_size, n_rl, train_layouts)
     man_path = os.path.join(out_dir, MANIFEST)
     old = None
     if os.path.exists(man_path):
@@ -527,20 +539,23 @@ def generate_tasks(out_dir: str, n_train: int, n_heldout: int, seed: int,
     taken: set = set()
     for split, n in (("train", n_train), ("heldout", n_heldout), ("rl", n_rl)):
         records[split] = _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions,
-                                         domain, grammar, room_size)
+                                         domain, grammar, room_size,
+                                         n_layouts=train_layouts if split == "train" else 0)
     manifest = {"config": config, "tasks": records}
     _write_atomic(man_path, json.dumps(manifest, indent=1))
     return {split: [_make_task(out_dir, split, rec) for rec in records[split]] for split in SPLITS}
 
 
 def _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions, domain, grammar,
-                    room_size="full"):
-    """Generate one split's layouts and tasks, write their directories, return manifest records."""
+                    room_size="full", n_layouts: int = 0):
+    """Generate one split's layouts and tasks, write their directories, return manifest records
+    (n_layouts > 0: exactly that many layouts, goals recurring with new placements when used up)."""
     table = ROOM_SIZES[room_size]
     lay_rng = random.Random(f"alfworld-gen:{seed}:{split}:layouts")
     rng = random.Random(f"alfworld-gen:{seed}:{split}:tasks")
     per_layout = _PER_LAYOUT.get(room_size, TASKS_PER_LAYOUT)
-    layouts = _split_layouts(lay_rng, n, types, exclude=taken, table=table, per_layout=per_layout) if n else []
+    layouts = (_split_layouts(lay_rng, n, types, exclude=taken, table=table, per_layout=per_layout,
+                              n_layouts=n_layouts) if n else [])
     taken.update(lay.signature for lay in layouts)
     used = {lay.layout_id: set() for lay in layouts}
     load = {lay.layout_id: 0 for lay in layouts}
@@ -551,13 +566,20 @@ def _generate_split(out_dir, split, n, seed, types, taken, can_contain, actions,
         cands = [lay for lay in layouts if _room_supports(table[lay.room], task_type)]
         rng.shuffle(cands)
         cands.sort(key=lambda lay: load[lay.layout_id])
+        goal = None
         for lay in cands:
             goal = _goal_for(rng, lay, task_type, used[lay.layout_id], can_contain, actions, table)
             if goal is not None:
                 break
         else:
+            for lay in cands if n_layouts else ():  # a fixed number of layouts: goals may recur
+                goal = _goal_for(rng, lay, task_type, set(), can_contain, actions, table)
+                if goal is not None:
+                    break
+        if goal is None:
             raise RuntimeError(f"split {split}: no unused {task_type} goal left in {len(cands)} layouts; "
-                               f"ask for fewer tasks or more layouts ({per_layout} tasks per layout)")
+                               f"ask for fewer tasks, more layouts ({per_layout} tasks per layout) or a "
+                               f"fixed number of train layouts (train_layouts)")
         used[lay.layout_id].add(goal)
         load[lay.layout_id] += 1
         records.append(_write_game(out_dir, split, i, lay, goal, rng, can_contain, actions, domain, grammar,
@@ -620,12 +642,13 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--n-train", type=int, default=300)
     p.add_argument("--n-heldout", type=int, default=100)
     p.add_argument("--n-rl", type=int, default=0, help="RL tasks in rooms neither train nor held-out has")
+    p.add_argument("--train-layouts", type=int, default=0, help="room layouts of the train split (0 = default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task-types", nargs="*", default=None, help=f"subset of {list(TASK_TYPES)}")
     p.add_argument("--room-size", default="full", choices=sorted(ROOM_SIZES), help="full, small or few (small rooms, 6 object classes each)")
     args = p.parse_args(list(argv) if argv is not None else None)
     tasks = generate_tasks(args.out, args.n_train, args.n_heldout, args.seed, args.task_types, args.room_size,
-                           args.n_rl)
+                           args.n_rl, args.train_layouts)
     for split, ts in tasks.items():
         if split == "rl" and not ts:
             continue

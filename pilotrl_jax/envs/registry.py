@@ -74,7 +74,8 @@ def make_env(name: str, /, *, isolate: bool = False, process_kwargs: dict | None
 
 def _alfworld_tasks(split: str, n: int | None, seed: int, out_dir: str | None = None,
                     n_train: int | None = None, n_heldout: int | None = None,
-                    task_types=None, room_size: str = "full", n_rl: int = 0) -> list[Task]:
+                    task_types=None, room_size: str = "full", n_rl: int = 0,
+                    train_layouts: int = 0) -> list[Task]:
     if not out_dir:
         raise ValueError("load_tasks('alfworld') needs out_dir=<directory for generated games> "
                          "(reused when the same n_train/n_heldout/seed are asked again)")
@@ -90,6 +91,8 @@ def _alfworld_tasks(split: str, n: int | None, seed: int, out_dir: str | None = 
         kw["room_size"] = room_size
     if n_rl:
         kw["n_rl"] = n_rl
+    if train_layouts:
+        kw["train_layouts"] = train_layouts
     tasks = generate(out_dir, n_train, n_heldout, seed, **kw)[split]
     return tasks if n is None else tasks[:n]
 
@@ -101,7 +104,7 @@ def load_tasks(name: str, /, split: str = "train", n: int | None = None, seed: i
     scienceworld: task_names, simplifications; twx: games, params ("small");
     agentgym: indices={"train": (0, 500), "heldout": (500, 600)}, server;
     alfworld: out_dir, n_train, n_heldout, task_types, room_size, n_rl (split "rl": RL tasks in rooms
-    neither train nor heldout has)."""
+    neither train nor heldout has), train_layouts (room layouts of the train split; 0 = default)."""
     mod, _, loader = _FAMILIES[_check_name(name)]
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
         raise ValueError(f"n={n!r}; expected a non-negative int or None (all)")

@@ -82,6 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
         eval_split="heldout",
         task_types="",  # comma-separated subset (alfworld), "" = all
         room_size="full",  # alfworld generator: "full" or "small" rooms (alfworld_gen.SMALL_ROOMS)
+        train_layouts=0,  # alfworld: room layouts the train tasks are spread over; 0 = one per few tasks
+        # (6, "few" rooms 3); k > 0 fits more train tasks in k layouts (held-out unchanged when k = default)
         isolate=False,  # each env in its own process (needed for parallel JVM envs)
         kwargs=ml_collections.ConfigDict(),  # family-specific make_env kwargs
     ))
@@ -196,6 +198,10 @@ def validate(c) -> None:
     if n_rl < 0 or (n_rl and c.env.name != "alfworld"):
         raise ValueError(f"config.env.num_rl_tasks={n_rl} (env {c.env.name!r}); expected 0, or > 0 with "
                          "env.name='alfworld' (a pool of RL tasks in generated rooms)")
+    tl = c.env.get("train_layouts", 0)
+    if not isinstance(tl, int) or isinstance(tl, bool) or tl < 0 or (tl and c.env.name != "alfworld"):
+        raise ValueError(f"config.env.train_layouts={tl!r} (env {c.env.name!r}); expected 0 (the generator's "
+                         "default), or a positive int with env.name='alfworld'")
     prompts.check_mode(c.agent.mode, c.agent.replan)
     if c.agent.get("thought_style", "full") not in THOUGHT_STYLES:
         raise ValueError(f"config.agent.thought_style={c.agent.thought_style!r}; expected 'full' (the paper's "

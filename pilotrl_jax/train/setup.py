@@ -88,6 +88,8 @@ def env_task_kwargs(cfg, workdir: str) -> dict:
                   n_heldout=int(e.num_eval_tasks))
         if int(e.get("num_rl_tasks", 0)):
             kw["n_rl"] = int(e.num_rl_tasks)
+        if int(e.get("train_layouts", 0)):
+            kw["train_layouts"] = int(e.train_layouts)
         if e.task_types:
             kw["task_types"] = list(_split(e.task_types))
         if e.get("room_size", "full") != "full":

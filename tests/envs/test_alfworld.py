@@ -386,6 +386,34 @@ def test_few_rooms_draw_goals_from_six_object_classes_per_room_and_the_expert_so
         env.close()
 
 
+def test_fixed_train_layouts_fit_more_tasks_and_leave_heldout_as_it_was(tmp_path):
+    """train_layouts=k: four times the train tasks in the default's k rooms; goals recur there with new
+    object placements, and the held-out split (rooms, goals, placements) is byte for byte the same."""
+    kw = dict(seed=5, task_types=_SMALL_TYPES, room_size="few")
+    base = generate_tasks(str(tmp_path / "base"), 12, 6, **kw)
+    k = len({t.payload["layout"] for t in base["train"]})
+    with pytest.raises(RuntimeError, match="train_layouts"):  # the default runs out of rooms
+        generate_tasks(str(tmp_path / "many"), 3000, 6, **kw)
+    more = generate_tasks(str(tmp_path / "more"), 48, 6, train_layouts=k, **kw)
+    man = load_manifest(str(tmp_path / "more"))
+    assert man["config"]["train_layouts"] == k and "train_layouts" not in load_manifest(str(tmp_path / "base"))["config"]
+    assert len(more["train"]) == 48
+    assert {t.payload["layout"] for t in more["train"]} == {t.payload["layout"] for t in base["train"]}
+    assert man["tasks"]["heldout"] == load_manifest(str(tmp_path / "base"))["tasks"]["heldout"]
+    for a, b in zip(base["heldout"], more["heldout"]):
+        for name in ("initial_state.pddl", "traj_data.json"):
+            with open(os.path.join(a.payload["game_dir"], name)) as fa, open(os.path.join(b.payload["game_dir"], name)) as fb:
+                assert fa.read() == fb.read(), (a.task_id, name)
+    by_goal: dict = {}
+    for t in more["train"]:
+        with open(os.path.join(t.payload["game_dir"], "initial_state.pddl")) as f:
+            by_goal.setdefault((t.payload["layout"], json.dumps(t.payload["pddl_params"], sort_keys=True)), []).append(f.read())
+    recurring = [p for p in by_goal.values() if len(p) > 1]
+    assert recurring and all(len(set(p)) == len(p) for p in recurring)  # same goal, another placement
+    with pytest.raises(ValueError, match="train_layouts"):
+        generate_tasks(str(tmp_path / "bad"), 4, 2, train_layouts=-1, **kw)
+
+
 def _run_expert(env, task, max_steps=40):
     """Follow the expert's first command until done; returns (won, commands, first expert answer)."""
     env.reset(task)

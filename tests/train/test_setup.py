@@ -66,3 +66,33 @@ def test_rl_stages_draw_from_a_separate_pool_of_rooms_when_asked(tmp_path):
     cfg.env.name = "tiny"
     with _pytest.raises(ValueError, match="num_rl_tasks=3"):
         C.validate(cfg)
+
+
+def test_train_layouts_reach_the_generator_and_are_checked(tmp_path):
+    """env.train_layouts: the run's train tasks are spread over exactly that many rooms (the held-out
+    tasks stay those of the default); bad values are refused by name."""
+    import importlib.util
+    import os
+
+    from pilotrl_jax.train import config as C
+    from pilotrl_jax.train import setup as S
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("demo_cfg_tl", os.path.join(root, "configs", "demo.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    cfg.env.num_train_tasks, cfg.env.num_eval_tasks, cfg.tokenizer.corpus_tasks = 6, 2, 2
+    default = S.load_splits(cfg, str(tmp_path / "a"))
+    cfg.env.num_train_tasks, cfg.env.train_layouts = 12, 2
+    C.validate(cfg)
+    assert S.env_task_kwargs(cfg, str(tmp_path / "b"))["train_layouts"] == 2
+    train, held = S.load_splits(cfg, str(tmp_path / "b"))
+    assert len(train) == 12 and len({t.payload["layout"] for t in train}) == 2
+    assert [t.payload["goal"] for t in held] == [t.payload["goal"] for t in default[1]]
+    cfg.env.train_layouts = -1  # (ml_collections itself refuses a float or a bool for this int field)
+    with pytest.raises(ValueError, match="config.env.train_layouts=-1"):
+        C.validate(cfg)
+    cfg.env.train_layouts, cfg.env.name = 2, "tiny"
+    with pytest.raises(ValueError, match="train_layouts=2"):
+        C.validate(cfg)

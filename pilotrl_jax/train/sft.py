@@ -9,6 +9,7 @@ writes the cache, and each step's batch is placed over the mesh from the rows ev
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -68,6 +69,13 @@ def opt_state_shardings(tx, params, mesh):
                                             is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
+# Demonstration episodes held at once. Every live ALFWorld env holds an engine and a planner, and each
+# loads its own 33 MB copy of fast-downward's library, kept for the life of the process (see
+# envs/alfworld_env._ENGINES): 1024 demonstrations at once were ~67 GB of disk. The expert's episodes
+# are host-only and the in-process engine runs one call at a time, so capping them costs nothing.
+DEMO_LIVE_EPISODES = 64
+
+
 def collect_demos(ctx, tasks, mode: str, replan, seed: int, recovery_rate: float = 0.0) -> Any:
     """Expert-driven rollouts (RolloutBatch) on `tasks` in `mode`.
 
@@ -77,6 +85,7 @@ def collect_demos(ctx, tasks, mode: str, replan, seed: int, recovery_rate: float
     from pilotrl_jax.train.evaluation import rollout_config
 
     rc = rollout_config(ctx, group_size=1, mode=mode, replan=replan, temperature=1.0, top_p=1.0, seed=seed)
+    rc = dataclasses.replace(rc, max_live=DEMO_LIVE_EPISODES)
     thought = str(ctx.cfg.agent.get("thought_style", "full"))
     turns = (RecoveryTurns(recovery_rate, seed, thought=thought) if recovery_rate > 0
              else functools.partial(expert_turn, thought=thought))

@@ -37,24 +37,16 @@ def test_the_tokenizer_corpus_holds_the_executor_turns_the_expert_writes(tmp_pat
     assert len(tok.encode(" should")) == 1
 
 
-def test_rl_stages_draw_from_a_separate_pool_of_rooms_when_asked(tmp_path):
+def test_rl_stages_draw_from_a_separate_pool_of_rooms_when_asked(tmp_path, small_demo_config):
     """env.num_rl_tasks: the RL stages' tasks come from the generator's `rl` split (rooms the SFT
     demonstrations and the held-out tasks never show); without it they are the train tasks."""
-    import importlib.util
-    import os
-
     import pytest as _pytest
 
     from pilotrl_jax.train import config as C
     from pilotrl_jax.train import setup as S
     from pilotrl_jax.train.trainer import step_tasks
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("demo_cfg_rl", os.path.join(root, "configs", "demo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    cfg.env.num_train_tasks, cfg.env.num_eval_tasks, cfg.tokenizer.corpus_tasks = 4, 2, 2
+    cfg = small_demo_config(4, 2)
     ctx = S.build_context(cfg, str(tmp_path / "a"))
     assert ctx.rl_tasks is None and ctx.rl_pool is ctx.train_tasks
     cfg.env.num_rl_tasks = 3
@@ -68,21 +60,13 @@ def test_rl_stages_draw_from_a_separate_pool_of_rooms_when_asked(tmp_path):
         C.validate(cfg)
 
 
-def test_train_layouts_reach_the_generator_and_are_checked(tmp_path):
+def test_train_layouts_reach_the_generator_and_are_checked(tmp_path, small_demo_config):
     """env.train_layouts: the run's train tasks are spread over exactly that many rooms (the held-out
     tasks stay those of the default); bad values are refused by name."""
-    import importlib.util
-    import os
-
     from pilotrl_jax.train import config as C
     from pilotrl_jax.train import setup as S
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("demo_cfg_tl", os.path.join(root, "configs", "demo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    cfg.env.num_train_tasks, cfg.env.num_eval_tasks, cfg.tokenizer.corpus_tasks = 6, 2, 2
+    cfg = small_demo_config(6, 2)
     default = S.load_splits(cfg, str(tmp_path / "a"))
     cfg.env.num_train_tasks, cfg.env.train_layouts = 12, 2
     C.validate(cfg)

@@ -47,23 +47,15 @@ def test_sft_loss_is_the_mean_nll_of_trained_tokens(tie):
     assert float(sft_loss(cfg, params, wide)) == pytest.approx(want, rel=1e-4)
 
 
-def test_demonstrations_hold_a_bounded_number_of_engines(tmp_path, monkeypatch):
+def test_demonstrations_hold_a_bounded_number_of_engines(tmp_path, monkeypatch, small_demo_config):
     """collect_demos runs at most DEMO_LIVE_EPISODES expert episodes at once: each live ALFWorld env
     holds engines with their own 33 MB library copy, so 1024 demonstrations at once filled the disk."""
     pytest.importorskip("alfworld")
-    import importlib.util
-    import os
-
     from pilotrl_jax.envs import alfworld_env as A
     from pilotrl_jax.train import setup as S
     from pilotrl_jax.train import sft
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("demo_cfg_sft", os.path.join(root, "configs", "demo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    cfg.env.num_train_tasks, cfg.env.num_eval_tasks, cfg.tokenizer.corpus_tasks = 7, 2, 2
+    cfg = small_demo_config(7, 2)
     ctx = S.build_context(cfg, str(tmp_path))
     monkeypatch.setattr(A, "_ENGINES", [])  # a fresh pool: every engine this rollout needs is built here
     monkeypatch.setattr(A, "_PLANNER_LIBS", [])

@@ -198,8 +198,8 @@ def validate(c) -> None:
     if n_rl < 0 or (n_rl and c.env.name != "alfworld"):
         raise ValueError(f"config.env.num_rl_tasks={n_rl} (env {c.env.name!r}); expected 0, or > 0 with "
                          "env.name='alfworld' (a pool of RL tasks in generated rooms)")
-    tl = c.env.get("train_layouts", 0)
-    if not isinstance(tl, int) or isinstance(tl, bool) or tl < 0 or (tl and c.env.name != "alfworld"):
+    tl = int(c.env.get("train_layouts", 0))  # (ml_collections keeps the field an int)
+    if tl < 0 or (tl and c.env.name != "alfworld"):
         raise ValueError(f"config.env.train_layouts={tl!r} (env {c.env.name!r}); expected 0 (the generator's "
                          "default), or a positive int with env.name='alfworld'")
     prompts.check_mode(c.agent.mode, c.agent.replan)

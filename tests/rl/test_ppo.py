@@ -310,8 +310,8 @@ def test_target_kl_skips_the_rest_of_the_step_once_a_mini_batch_leaves_the_trust
 
 
 def test_frozen_params_stay_exactly_as_they_were_and_the_rest_trains():
-    """rl.frozen_params="embed,lm_head": a PPO step leaves those params bit for bit, moves the others
-    like an unfrozen step restricted to them would, and a name the model lacks is refused by name."""
+    """rl.frozen_params="embed,lm_head": a PPO step leaves those params bit for bit and moves every
+    other one; a name the model lacks is refused by name."""
     cfg = ppo.PPOConfig(lr=1e-3, num_mini_batches=1, num_micro_batches=1, weight_decay=0.01,
                         frozen_params="embed, lm_head")
     fns = ppo.build(MC, cfg, donate=False)

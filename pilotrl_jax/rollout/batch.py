@@ -54,7 +54,6 @@ class EpisodeResult:
     # The finished AgentEpisode (turns, plan history, observations; for judges and rewards), None when
     # the env never started. Its spans are `spans`. Not written by to_dict.
     agent: Any = dataclasses.field(default=None, repr=False, compare=False)
-    agent: Any = dataclasses.field(default=None, repr=False, compare=False)  # the AgentEpisode (None if never started)
 
     @property
     def length(self) -> int:

@@ -162,8 +162,11 @@ def expert_plan_from_actions(env_family: str, actions: Optional[Sequence[str]]) 
 # How the expert's executor thought cites the plan: "full" is the paper's sentence ("According to
 # Step 2 of the global plan, I should go to desk 1."); "short" cites the step alone ("Step 2."), which
 # makes each turn ~11 tokens instead of ~25 with the demo's tokenizer (shorter episodes: fewer decode
-# steps, shorter training rows).
-THOUGHT_STYLES = ("full", "short")
+# steps, shorter training rows); "quote" restates the step from the plan in force, up to its first colon
+# ("Step 3: Put the book in/on drawer 2."): the thought then starts with the very tokens that start the
+# step in the plan, so a model copies the step's object and receptacle names by matching them (an
+# induction pattern) instead of recalling which name goes with which step number.
+THOUGHT_STYLES = ("full", "short", "quote")
 
 
 def check_thought_style(style: str) -> str:
@@ -182,13 +185,28 @@ def expert_turn(ctx, thought: str = "full") -> str:
         steps = expert_plan_from_actions(ep.env, expert) or ["Look around for what the task needs."]
         return prompts.plan_text(steps)
     action = expert[0] if expert else ep.noop_action
-    return executor_text(action, getattr(expert, "step", None), thought)
+    return executor_text(action, getattr(expert, "step", None), thought, getattr(ep, "plan", None))
 
 
-def executor_text(action: str, step: Optional[int], thought: str = "full") -> str:
-    """The expert's executor turn for `action`; `step` is the plan step it carries out (None: the first)."""
+def quoted_step(plan: Optional[Sequence[str]], n: int) -> Optional[str]:
+    """Plan step `n` (1-based) of `plan` up to its first colon, ending with a period; None without that step."""
+    if not plan or not 1 <= n <= len(plan):
+        return None
+    text = str(plan[n - 1]).split(":", 1)[0].strip().rstrip(".")
+    return f"{text}." if text else None
+
+
+def executor_text(action: str, step: Optional[int], thought: str = "full",
+                  plan: Optional[Sequence[str]] = None) -> str:
+    """The expert's executor turn for `action`; `step` is the plan step it carries out (None: the first);
+    `plan` is the plan in force (the "quote" style restates its step; without it, it cites the number)."""
     n = 1 if step is None else step + 1
-    if check_thought_style(thought) == "short":
+    style = check_thought_style(thought)
+    if style == "quote":
+        quoted = quoted_step(plan, n)
+        return f"<thought>Step {n}: {quoted}</thought><action>{action}</action>" if quoted else \
+            f"<thought>Step {n}.</thought><action>{action}</action>"
+    if style == "short":
         return f"<thought>Step {n}.</thought><action>{action}</action>"
     return f"<thought>According to Step {n} of the global plan, I should {action}.</thought><action>{action}</action>"
 
@@ -240,7 +258,8 @@ class RecoveryTurns:
         if mistake is not None:
             self.injected.add(key + (turn,))
             self._count[key] = self._count.get(key, 0) + 1
-            text = executor_text(mistake, getattr(ctx.expert, "step", None), self.thought)
+            text = executor_text(mistake, getattr(ctx.expert, "step", None), self.thought,
+                                 getattr(ctx.episode, "plan", None))
         self._last[key] = (turn, expert if mistake is None else mistake)
         return text
 

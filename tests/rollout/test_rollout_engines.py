@@ -206,3 +206,46 @@ def test_short_thought_style_demos_cite_the_step_in_fewer_tokens_and_still_win(a
         executor_text("look", 0, "tiny")
     with pytest.raises(ValueError, match="thought style"):
         RecoveryTurns(0.1, seed=0, thought="long")
+
+
+def test_quote_thought_style_restates_the_plan_step_it_carries_out(tmp_path, tok):
+    """agent.thought_style="quote": the search expert's thought is the plan step it carries out, as the
+    plan in force words it up to its first colon ("Step 3: Put the book in/on drawer 2."); the episodes
+    win exactly as with the full sentence, with the same commands, and the step cited is the step the
+    command belongs to (a take under "Take the ...", a move/use under the last step)."""
+    import functools
+
+    from pilotrl_jax.envs.alfworld_env import AlfWorldEnv
+    from pilotrl_jax.envs.alfworld_gen import generate_tasks
+    from pilotrl_jax.rollout.policies import executor_text, quoted_step
+
+    tasks = generate_tasks(str(tmp_path), 4, 0, seed=5, room_size="few",
+                           task_types=["pick_and_place_simple", "look_at_obj_in_light"])["train"]
+    envs = [AlfWorldEnv(expert="search") for _ in range(4)]
+    try:
+        full = collect(tasks, ForcedPolicy(expert_turn), envs, tok, max_turns=40, replan="static", progress=False)
+        quote = collect(tasks, ForcedPolicy(functools.partial(expert_turn, thought="quote")), envs, tok, max_turns=40,
+                        replan="static", progress=False)
+    finally:
+        for e in envs:
+            e.close()
+    assert full.statuses == quote.statuses == ["success"] * 4
+    for a, b in zip(full.episodes, quote.episodes):
+        assert b.format_errors == 0 and b.num_turns == a.num_turns
+        acts = [s.text for s in b.spans if s.kind == SpanKind.ACTION]
+        assert [t.split("<action>")[1] for t in acts] == [
+            t.split("<action>")[1] for t in (s.text for s in a.spans if s.kind == SpanKind.ACTION)]
+        plan = b.agent.plan
+        for t in acts:
+            thought, command = t[len("<thought>"):].split("</thought><action>")
+            n = int(thought.split(":")[0].removeprefix("Step "))
+            assert thought == f"Step {n}: {plan[n - 1].split(':')[0].rstrip('.')}."
+            if command.startswith("take "):
+                assert plan[n - 1].startswith("Take the ")
+            if command.startswith(("move ", "use ")):
+                assert n == len(plan)
+    assert quoted_step(("Find the apple: check desk 1.", "Take the apple."), 2) == "Take the apple."
+    assert quoted_step(("Take the apple.",), 3) is None
+    assert executor_text("look", 2, "quote", None) == "<thought>Step 3.</thought><action>look</action>"
+    assert executor_text("go to desk 1", 0, "quote", ("Find the apple: check desk 1 and shelf 1 one by one.",)) == (
+        "<thought>Step 1: Find the apple.</thought><action>go to desk 1</action>")

@@ -202,11 +202,10 @@ def executor_text(action: str, step: Optional[int], thought: str = "full",
     `plan` is the plan in force (the "quote" style restates its step; without it, it cites the number)."""
     n = 1 if step is None else step + 1
     style = check_thought_style(thought)
-    if style == "quote":
-        quoted = quoted_step(plan, n)
-        return f"<thought>Step {n}: {quoted}</thought><action>{action}</action>" if quoted else \
-            f"<thought>Step {n}.</thought><action>{action}</action>"
-    if style == "short":
+    quoted = quoted_step(plan, n) if style == "quote" else None
+    if quoted:
+        return f"<thought>Step {n}: {quoted}</thought><action>{action}</action>"
+    if style in ("short", "quote"):
         return f"<thought>Step {n}.</thought><action>{action}</action>"
     return f"<thought>According to Step {n} of the global plan, I should {action}.</thought><action>{action}</action>"
 

@@ -147,7 +147,8 @@ def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str, though
                     break
                 plan = expert_plan_from_actions(env_name, acts) or []
                 texts.extend(plan)
-                first_plan = plan if first_plan is None else first_plan
+                if first_plan is None:
+                    first_plan = plan
                 res = env.step(acts[0])
                 turn = acts[0] if thought is None else executor_text(acts[0], getattr(acts, "step", None), thought,
                                                                      first_plan)

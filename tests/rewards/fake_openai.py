@@ -4,7 +4,8 @@
 "ok", "slow" (sleeps `slow_s` then answers), "500", "429" (with Retry-After: 0), "garbage" (a
 200 whose content is not JSON), "badbody" (a 200 whose body is not JSON), "hold" (sleeps `hold_s`
 then answers: for concurrency counts; with `hold_until` = k it first waits, up to 5 s, until k requests
-have been in flight at once, so reaching a client's limit does not depend on thread scheduling). `server.reply(messages) -> str` makes the content.
+have been in flight at once, so reaching a client's limit does not depend on thread scheduling).
+`server.reply(messages) -> str` makes the content.
 """
 import json
 import threading

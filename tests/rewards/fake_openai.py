@@ -3,9 +3,7 @@
 `server.script` is a list of behaviours consumed one per request (then `server.default`):
 "ok", "slow" (sleeps `slow_s` then answers), "500", "429" (with Retry-After: 0), "garbage" (a
 200 whose content is not JSON), "badbody" (a 200 whose body is not JSON), "hold" (sleeps `hold_s`
-then answers: for concurrency counts; with `hold_until` = k it first waits, up to 5 s, until k requests
-have been in flight at once, so reaching a client's limit does not depend on thread scheduling).
-`server.reply(messages) -> str` makes the content.
+then answers: for concurrency counts). `server.reply(messages) -> str` makes the content.
 """
 import json
 import threading
@@ -28,8 +26,6 @@ class FakeServer:
             self.default = "ok"
             self.slow_s = 1.0
             self.hold_s = 0.05
-            self.hold_until = 0
-            self.reached = threading.Event()
             self.requests = 0
             self.in_flight = 0
             self.max_in_flight = 0
@@ -44,8 +40,6 @@ class FakeServer:
             self.auth.append(auth)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            if self.hold_until and self.max_in_flight >= self.hold_until:
-                self.reached.set()
             return self.script.pop(0) if self.script else self.default
 
     def done(self):
@@ -81,8 +75,6 @@ def _handler(state: FakeServer):
                 if how == "slow":
                     time.sleep(state.slow_s)
                 if how == "hold":
-                    if state.hold_until:
-                        state.reached.wait(5.0)
                     time.sleep(state.hold_s)
                 if how == "500":
                     return self._send(500, {"error": "internal"})

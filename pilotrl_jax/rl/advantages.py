@@ -79,6 +79,18 @@ def _group_sums(x, group_ids, num_groups):
     return jnp.where(valid, s[gid], 0.0)
 
 
+def _group_offsets(x, group_ids, num_groups):
+    """x minus its group's minimum (0 for rows with group id -1).
+
+    Statistics are taken of these offsets, not of x: a group whose scores are all equal then has
+    offsets of exactly 0, so its mean, its deviations and its std are exactly 0 for any score value
+    (float32 sums of e.g. 16 x 0.9 are not exact, and the residual divided by (std + eps) is not small)."""
+    valid = group_ids >= 0
+    gid = jnp.where(valid, group_ids, num_groups)
+    lo = jax.ops.segment_min(jnp.where(valid, x, jnp.inf), gid, num_segments=num_groups + 1)
+    return jnp.where(valid, x - lo[gid], 0.0)
+
+
 def _broadcast(adv_rows, mask):
     """Episode advantages [B] times the token mask [B, T]."""
     mask = jnp.asarray(mask, jnp.float32)
@@ -91,11 +103,12 @@ def group_normalize(scores, group_ids=None, num_groups=None, eps: float = 1e-6, 
     """Per-episode GRPO advantage [B]: (R - group mean) / (group std + eps).
 
     std: "unbiased" (divides by n-1, as torch.std in verl's GRPO; the default), "biased" (by n), or
-    None (no division: Dr.GRPO). A group of one episode, and a group with equal scores, gives 0.
+    None (no division: Dr.GRPO). A group of one episode, and a group with equal scores, gives exactly 0.
     """
     if std not in ("unbiased", "biased", None):
         raise ValueError(f"std={std!r}; expected 'unbiased', 'biased' or None")
     x, gid, n = _flatten_groups(scores, group_ids, num_groups)
+    x = _group_offsets(x, gid, n)
     ones = jnp.ones_like(x)
     cnt = _group_sums(ones, gid, n)
     mean = _group_sums(x, gid, n) / jnp.maximum(cnt, 1.0)
@@ -114,8 +127,9 @@ def grpo(scores, mask, group_ids=None, num_groups=None, eps: float = 1e-6, std: 
 
 
 def leave_one_out(scores, group_ids=None, num_groups=None):
-    """Per-episode RLOO advantage [B]: R_i - mean of the other episodes of its group (0 if alone)."""
+    """Per-episode RLOO advantage [B]: R_i - mean of the other episodes of its group (0 if alone or all equal)."""
     x, gid, n = _flatten_groups(scores, group_ids, num_groups)
+    x = _group_offsets(x, gid, n)
     cnt = _group_sums(jnp.ones_like(x), gid, n)
     tot = _group_sums(x, gid, n)
     others = (tot - x) / jnp.maximum(cnt - 1.0, 1.0)

@@ -54,6 +54,7 @@ def step_group_advantages(keys: Sequence[Sequence[Hashable]], returns: Sequence[
         if len(members) < 2:
             continue
         vals = np.array([m[2] for m in members])
+        vals = vals - vals.min()  # equal returns give offsets of exactly 0, so exactly 0 advantage
         centered = vals - vals.mean()
         if norm == "std":
             sd = vals.std(ddof=1)

@@ -134,3 +134,41 @@ def test_arbitrary_group_ids_are_densified():
         b = np.asarray(fn(s, m, group_ids=g_dense, num_groups=3))
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(A.dense_group_ids(g_sparse)), [1, 0, 1, 0, -1, 2])
+
+
+# Scores that float32 cannot represent exactly (0.9, 0.8, 0.1 + 0.2, a format error's -0.1, the demo's
+# progress score minus wasted-turn penalties) in groups of up to 1024: a group whose scores are all equal
+# carries no comparison, so every within-group estimator gives exactly 0, not a rounding residual
+# inflated by the (std + eps) division (16 x 0.9 gave +0.106 each).
+EQUAL_SCORES = [0.9, 0.8, -0.1, 0.1 + 0.2, 0.5 - 3 * 0.05, 1e-3, -7.3, 123.456]
+
+
+@pytest.mark.parametrize("G", [2, 7, 16, 64, 1024])
+@pytest.mark.parametrize("std", ["unbiased", "biased", None])
+def test_grpo_equal_groups_are_exactly_zero(G, std):
+    s = np.repeat(np.asarray(EQUAL_SCORES, np.float32)[:, None], G, axis=1)  # [n_groups, G]
+    m = np.ones((s.size, 3), np.float32)
+    out = np.asarray(A.grpo(s, m, eps=1e-6, std=std))
+    assert np.array_equal(out, np.zeros_like(out)), np.abs(out).max()
+    rows = np.asarray(A.group_normalize(s.reshape(-1), np.repeat(np.arange(len(EQUAL_SCORES)) * 3 + 5, G), std=std))
+    assert np.array_equal(rows, np.zeros_like(rows))  # arbitrary (densified) ids too
+
+
+@pytest.mark.parametrize("G", [2, 16, 1024])
+def test_rloo_equal_groups_are_exactly_zero(G):
+    s = np.repeat(np.asarray(EQUAL_SCORES, np.float32)[:, None], G, axis=1)
+    out = np.asarray(A.leave_one_out(s))
+    assert np.array_equal(out, np.zeros_like(out)), np.abs(out).max()
+
+
+def test_equal_group_beside_unequal_groups():
+    """An all-equal group stays exactly 0 while its neighbours keep their NumPy (float64) advantages."""
+    rng = np.random.default_rng(3)
+    s = np.concatenate([np.full(16, 0.9, np.float32), rng.normal(size=16).astype(np.float32),
+                        np.full(16, -0.1, np.float32)])
+    g = np.repeat(np.arange(3), 16).astype(np.int32)
+    m = np.ones((48, 2), np.float32)
+    out = np.asarray(A.grpo(s, m, group_ids=g, num_groups=3))
+    assert np.array_equal(out[:16], np.zeros((16, 2))) and np.array_equal(out[32:], np.zeros((16, 2)))
+    ref = _np_group_norm(s.astype(np.float64), g, 1e-6, 1)[:, None] * m
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)

@@ -34,3 +34,12 @@ def test_step_groups_refuse_ragged_or_unknown_input():
         step_group_advantages([["a"], ["b"]], [[1.0]])
     with pytest.raises(ValueError, match="episode 0: 2 anchor keys but 1 returns"):
         step_group_advantages([["a", "b"]], [[1.0]])
+
+
+@pytest.mark.parametrize("norm", ["std", "mean"])
+@pytest.mark.parametrize("value", [0.1 + 0.2, 0.9, -0.1, 0.95 ** 3 * 0.5])
+def test_equal_returns_give_exactly_zero_in_large_groups(norm, value):
+    """A state whose turns all earned the same return compares nothing: exactly 0, not a rounding residual."""
+    n = 1000
+    got = step_group_advantages([["s"]] * n, [[value]] * n, norm)
+    assert np.array_equal(np.concatenate(got), np.zeros(n, np.float32))

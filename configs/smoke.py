@@ -25,7 +25,6 @@ def get_config(arg: str = ""):
     c.rollout.tasks_per_step = 2
     c.rollout.group_size = 4
     c.rl.num_mini_batches = 2
-    c.rl.lr = 1e-4
     c.eval.num_tasks = 4
     c.sft.batch_size = 8
     c.stages.sft.steps = 4

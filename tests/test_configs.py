@@ -70,3 +70,55 @@ def test_grpo_std_none_in_a_config_is_dr_grpo_and_a_bad_value_is_named():
     cfg.rl.grpo_std = "sample"
     with pytest.raises(ValueError, match="grpo_std='sample'"):
         C.resolve_stage(cfg, "stage3")
+
+
+# One home per setting: keys the stages or the rollout own, and keys nothing reads, are refused by name.
+@pytest.mark.parametrize("section,key,value,home", [
+    ("rl", "lr", 1e-4, r"stages\.<stage>\.lr"),
+    ("rl", "epochs", 2, r"stages\.<stage>\.ppo_epochs"),
+    ("rl", "kl_coef", 0.1, r"stages\.<stage>\.kl_coef"),
+    ("rl", "advantage_estimator", "rloo", r"stages\.<stage>\.advantage_estimator"),
+    ("rl", "temperature", 0.7, r"rollout\.temperature"),
+    ("reward", "plan_weight", 0.5, r"stages\.<stage>\.plan_weight"),
+    ("sft", "max_len", 512, r"agent\.token_budget"),
+])
+def test_a_key_another_section_owns_is_refused_with_its_home(section, key, value, home):
+    cfg = _load(os.path.join(ROOT, "configs", "smoke.py"))
+    assert key not in cfg[section]  # the base config does not offer it
+    cfg[section][key] = value
+    with pytest.raises(ValueError, match=rf"config\.{section}\.{key} is not a key: the setting lives in config\.{home}"):
+        C.validate(cfg)
+
+
+def test_stage_settings_take_effect():
+    cfg = _load(os.path.join(ROOT, "configs", "smoke.py"))
+    cfg.rollout.temperature = 0.7
+    cfg.stages.stage2.lr, cfg.stages.stage2.ppo_epochs, cfg.stages.stage2.kl_coef = 3e-5, 3, 0.05
+    cfg.stages.stage2.advantage_estimator, cfg.stages.stage2.plan_weight = "rloo", 0.25
+    C.validate(cfg)
+    st = C.resolve_stage(cfg, "stage2")
+    assert (st.ppo.lr, st.ppo.epochs, st.ppo.kl_coef, st.ppo.advantage_estimator, st.ppo.temperature) == (
+        3e-5, 3, 0.05, "rloo", 0.7)
+    assert st.reward.plan_weight == 0.25
+    assert C.resolve_stage(cfg, "stage3").ppo.lr == cfg.stages.stage3.lr
+
+
+def test_unknown_keys_are_refused_with_the_closest_names():
+    cfg = _load(os.path.join(ROOT, "configs", "smoke.py"))
+    cfg.rollout.temprature = 0.7
+    with pytest.raises(ValueError, match=r"config\.rollout\.temprature is not a key.*did you mean temperature"):
+        C.validate(cfg)
+    cfg = _load(os.path.join(ROOT, "configs", "smoke.py"))
+    cfg.stages.stage1.learning_rate = 1e-5
+    with pytest.raises(ValueError, match=r"config\.stages\.stage1\.learning_rate is not a key"):
+        C.validate(cfg)
+    cfg = _load(os.path.join(ROOT, "configs", "smoke.py"))
+    cfg.env.kwargs.anything = 1  # free-form: the environment family's own keys
+    C.validate(cfg)
+
+
+def test_rl_only_stage_keys_on_an_sft_stage_are_refused():
+    cfg = _load(os.path.join(ROOT, "configs", "smoke.py"))
+    cfg.stages.sft.ppo_epochs = 2
+    with pytest.raises(ValueError, match=r"config\.stages\.sft\.ppo_epochs=2 would be ignored: stage 'sft' is an SFT"):
+        C.validate(cfg)

@@ -6,6 +6,10 @@ previous stage's final checkpoint). Global sections (`rl`, `reward`, `rollout`, 
 defaults; each `stages.<name>` section sets what the paper varies per stage: trained span kinds,
 plan source, steps, learning rate, plan-score weight, KL, advantage estimator, re-planning mode.
 Everything is overridable on the command line: `--config.stages.stage1.steps=5`.
+
+Each setting has one home. A key the base config does not define is refused by name (`check_keys`),
+and so is a key whose setting lives elsewhere (MOVED_KEYS: e.g. the learning rate is per stage,
+`stages.<name>.lr`, so there is no `rl.lr`; the sampling temperature is `rollout.temperature`).
 """
 from __future__ import annotations
 
@@ -25,6 +29,23 @@ TRAINABLE = ("plan", "action")
 MODEL_SOURCES = ("tiny", "hf", "checkpoint")
 JUDGES = ("grounded", "http", "local")
 INIT_FROM = ("previous", "base")
+
+# Settings with one home elsewhere: a config that sets one of these keys is refused, naming the home.
+MOVED_KEYS = {
+    "rl.lr": "config.stages.<stage>.lr (each stage has its own learning rate)",
+    "rl.epochs": "config.stages.<stage>.ppo_epochs (passes over each step's episodes)",
+    "rl.kl_coef": "config.stages.<stage>.kl_coef",
+    "rl.advantage_estimator": "config.stages.<stage>.advantage_estimator",
+    "rl.temperature": "config.rollout.temperature (the sampling temperature; PPO recomputes log-probs at it)",
+    "reward.plan_weight": "config.stages.<stage>.plan_weight (stage 2 weighs the plan score)",
+    "sft.max_len": "config.agent.token_budget (it bounds every demonstration's length)",
+}
+# Keys of an RL stage that an SFT stage has no use for: an SFT stage may leave them at their defaults only.
+RL_ONLY_STAGE_KEYS = ("plan_source_path", "ppo_epochs", "plan_weight", "judge", "kl_coef", "advantage_estimator",
+                      "tasks_per_step", "group_size")
+# sections whose keys are defined elsewhere: the environment family (env.kwargs); the TPU scripts and the
+# AOT check (tpu, aot, model.hf_config: read by `python -m pilotrl_jax.aot`)
+FREE_FORM = ("env.kwargs", "tpu", "aot", "model.hf_config")
 
 
 def _stage(kind="rl", trained_spans="action", plan_source="policy", steps=10, lr=1e-6, plan_weight=0.0,
@@ -108,9 +129,11 @@ def base_config() -> ml_collections.ConfigDict:
         # k tokens (e.g. 128: rows of 700 tokens train at 768, not 1024; one compile per length seen)
         pad_multiple=0,
     ))
-    ppo = dataclasses.asdict(PPOConfig())
+    # rl / reward: PPOConfig's and RewardConfig's fields, less those each stage (or the rollout) sets
+    ppo = {k: v for k, v in dataclasses.asdict(PPOConfig()).items() if f"rl.{k}" not in MOVED_KEYS}
     c.rl = ml_collections.ConfigDict(ppo)
-    c.reward = ml_collections.ConfigDict(dataclasses.asdict(RewardConfig()))
+    c.reward = ml_collections.ConfigDict({k: v for k, v in dataclasses.asdict(RewardConfig()).items()
+                                          if f"reward.{k}" not in MOVED_KEYS})
     c.judge = ml_collections.ConfigDict(dict(
         kind="grounded", base_url="", model="", api_key_env="", timeout=60.0, concurrency=8, checkpoint="",
         max_units=8, max_retries=4, backoff=1.0,
@@ -123,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every=1, keep=3, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.sft = ml_collections.ConfigDict(dict(
-        batch_size=16, max_len=0, weight_decay=0.0, warmup_steps=0,
+        batch_size=16, weight_decay=0.0, warmup_steps=0,
         length_bucket=128,  # pad each batch to its longest row, rounded up to a multiple of this (0 = all rows' max)
         # > 0: a second demo per task whose executor turns are, with this probability each, a mistake
         # (a repeated or a wrong move) the expert then recovers from; mistakes are context, never trained
@@ -169,8 +192,57 @@ def _check_modes(value, where: str) -> None:
             raise ValueError(f"{where} has {mode!r}; expected a subset of {prompts.AGENT_MODES}")
 
 
+def _unknown_keys(c, ref, prefix: str) -> list[str]:
+    """Dotted paths of keys in ConfigDict `c` that `ref` lacks (free-form sections skipped)."""
+    out = []
+    for k in c.keys():
+        path = f"{prefix}{k}"
+        if path in FREE_FORM:
+            continue
+        if path.startswith("stages."):
+            continue  # stage sections are checked against the stage template
+        if k not in ref:
+            out.append(path)
+        elif isinstance(c[k], ml_collections.ConfigDict) and isinstance(ref[k], ml_collections.ConfigDict):
+            out += _unknown_keys(c[k], ref[k], path + ".")
+    return out
+
+
+def _refuse_unknown(path: str, known) -> None:
+    import difflib
+
+    if path in MOVED_KEYS:
+        raise ValueError(f"config.{path} is not a key: the setting lives in {MOVED_KEYS[path]}; set it there")
+    close = difflib.get_close_matches(path.rsplit(".", 1)[-1], list(known), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"config.{path} is not a key and would be ignored{hint} (the documented keys are in "
+                     "pilotrl_jax/train/config.py base_config)")
+
+
+def check_keys(c) -> None:
+    """Refuse any key the base config does not define (a key either takes effect or is refused by name)."""
+    ref = base_config()
+    for path in _unknown_keys(c, ref, ""):
+        parent = ref
+        for part in path.split(".")[:-1]:
+            parent = parent[part]
+        _refuse_unknown(path, parent.keys())
+    template = _stage()
+    for name in c.get("stages", {}).keys():
+        s = c.stages[name]
+        for k in s.keys():
+            if k not in template:
+                _refuse_unknown(f"stages.{name}.{k}", template.keys())
+        if s.get("kind") == "sft":
+            for k in RL_ONLY_STAGE_KEYS:
+                if k in s and s[k] != template[k]:
+                    raise ValueError(f"config.stages.{name}.{k}={s[k]!r} would be ignored: stage {name!r} is an SFT "
+                                     f"stage; leave it at {template[k]!r} (it is for RL stages)")
+
+
 def validate(c) -> None:
     """Raise a ValueError naming the first bad key and what it accepts."""
+    check_keys(c)
     names = pipeline(c)
     if not names:
         raise ValueError("config.pipeline is empty; expected e.g. 'sft,stage1,stage2,stage3'")
@@ -267,9 +339,12 @@ def resolve_stage(c, name: str) -> StageSettings:
     """Fold global sections and the stage's own keys into typed settings."""
     s = c.stages[name]
     rl = dict(c.rl.to_dict())
+    moved = sorted(k for k in rl if f"rl.{k}" in MOVED_KEYS)
+    if moved:
+        _refuse_unknown(f"rl.{moved[0]}", ())
     rl.update(lr=float(s.lr), epochs=int(s.ppo_epochs), kl_coef=float(s.kl_coef),
               advantage_estimator=s.advantage_estimator, temperature=float(c.rollout.temperature))
-    if rl.get("advantage_estimator") == "gae":
+    if rl["advantage_estimator"] == "gae":  # GAE needs values; rl.use_critic=True trains a critic for grpo/rloo too
         rl["use_critic"] = True
     if str(rl.get("grpo_std")).lower() in ("none", ""):  # Dr. GRPO: group mean only (a string on the command line)
         rl["grpo_std"] = None
@@ -279,6 +354,8 @@ def resolve_stage(c, name: str) -> StageSettings:
         raise ValueError(f"config.rl has unknown keys {unknown}; PPOConfig takes {sorted(fields)}")
     ppo = PPOConfig(**rl)
     rw = dict(c.reward.to_dict())
+    if "plan_weight" in rw:
+        _refuse_unknown("reward.plan_weight", ())
     rw["plan_weight"] = float(s.plan_weight)
     reward = RewardConfig(**rw)
     mode = _split(s.mode or c.agent.mode)[0]

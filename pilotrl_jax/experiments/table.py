@@ -2,10 +2,13 @@
 + stage 3, and stage 3 alone, over several seeds, with the spread.
 
     python -m pilotrl_jax.experiments.table --seeds 0,1,2 [--out runs/table] [--config configs/demo.py]
+        [--pipeline ablation|config]
 
-Each seed runs the pipeline sft,stage1,stage2,stage3,stage3_only (same budget per seed; the SFT
-demonstrations include both AdaPlan and ReAct turns so the warm start can be evaluated in both
-modes) into OUT/seed_<k>; results are written to OUT/results.json and printed as mean ± std.
+With `--pipeline ablation` (default) each seed runs sft,stage1,stage2,stage3,stage3_only (same budget
+per seed; the SFT demonstrations include both AdaPlan and ReAct turns so the warm start can be
+evaluated in both modes); with `--pipeline config` each seed runs the config as it is (for
+configs/demo.py: exactly `make demo` with another seed). Runs go to OUT/seed_<k>; results are written
+to OUT/results.json and printed as mean ± std, with each stage's gain over the warm start.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "demo.py"), "Base config.")
 _OUT = flags.DEFINE_string("out", "runs/table", "Output folder.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+_PIPELINE = flags.DEFINE_enum("pipeline", "ablation", ["ablation", "config"],
+                              "ablation: every stage and stage 3 alone; config: the config's own pipeline.")
 
 ORDER = [("warm_start", "react"), ("warm_start", "adaplan"), ("stage1", "adaplan"), ("stage2", "adaplan"),
          ("stage3", "adaplan"), ("stage3_only", "adaplan")]
@@ -41,26 +46,50 @@ def table_config(cfg, seed: int):
     return cfg
 
 
+def _seeded(cfg, seed: int):
+    """The config as it is, with `seed` (the `--pipeline config` run of one seed)."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.seed = int(seed)
+    return cfg
+
+
+def _mean_std(v) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; 0 for one value)."""
+    v = np.asarray(v, np.float64)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean, sample std (ddof 1) and per-seed values of success per (model, mode), in the table's order."""
-    by = collections.defaultdict(list)
+    """Mean, sample std (ddof 1) and per-seed values of success per (model, mode), in the table's order;
+    `gain` (mean, std) is the paired per-seed difference to the warm start in the same mode, where both ran."""
+    by = collections.defaultdict(dict)
     for r in rows:
-        by[(r["model"], r["mode"])].append(r["success_rate"])
+        by[(r["model"], r["mode"])][r["seed"]] = r["success_rate"]
     out = []
     for key in ORDER + sorted(set(by) - set(ORDER)):
         if key in by:
-            v = np.asarray(by[key])
-            std = float(v.std(ddof=1)) if len(v) > 1 else 0.0  # the sample std over seeds
-            out.append({"model": key[0], "mode": key[1], "mean": float(v.mean()), "std": std,
-                        "seeds": len(v), "values": v.tolist()})
+            seeds = sorted(by[key])
+            v = [by[key][s] for s in seeds]
+            mean, std = _mean_std(v)
+            row = {"model": key[0], "mode": key[1], "mean": mean, "std": std, "seeds": len(v), "values": v,
+                   "seed_ids": seeds}
+            base = by.get(("warm_start", key[1]), {})
+            paired = [by[key][s] - base[s] for s in seeds if s in base]
+            if key[0] != "warm_start" and paired:
+                row["gain"] = _mean_std(paired)
+            out.append(row)
     return out
 
 
 def format_summary(summary: list[dict]) -> str:
-    """Plain-text table: success % mean ± sample std over seeds."""
-    lines = [f"{'model':<14} {'mode':<8} {'success % (mean ± std)':>24} {'seeds':>6}", "-" * 56]
+    """Plain-text table: success % mean ± sample std over seeds, the gain over the warm start, per-seed values."""
+    lines = [f"{'model':<14} {'mode':<8} {'success % (mean ± std)':>24} {'gain (points)':>15} {'seeds':>6}  per seed",
+             "-" * 96]
     for s in summary:
-        lines.append(f"{s['model']:<14} {s['mode']:<8} {s['mean'] * 100:>15.1f} ± {s['std'] * 100:<5.1f} {s['seeds']:>6}")
+        gain = f"{s['gain'][0] * 100:+.1f} ± {s['gain'][1] * 100:.1f}" if "gain" in s else ""
+        per = " / ".join(f"{x * 100:.1f}" for x in s["values"])
+        lines.append(f"{s['model']:<14} {s['mode']:<8} {s['mean'] * 100:>15.1f} ± {s['std'] * 100:<5.1f} {gain:>15} "
+                     f"{s['seeds']:>6}  {per}")
     return "\n".join(lines)
 
 
@@ -78,7 +107,7 @@ def main(argv):
     use_compilation_cache(out)
     rows = []
     for seed in [int(s) for s in _SEEDS.value.split(",") if s.strip()]:
-        cfg = table_config(_CONFIG.value, seed)
+        cfg = table_config(_CONFIG.value, seed) if _PIPELINE.value == "ablation" else _seeded(_CONFIG.value, seed)
         wd = os.path.join(out, f"seed_{seed}")
         run_pipeline(cfg, wd)
         rows += rows_from_run(wd, C.pipeline(cfg), seed)

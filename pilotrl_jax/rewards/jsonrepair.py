@@ -13,7 +13,10 @@ from typing import Any, Optional
 _TRAILING_COMMA_RE = re.compile(r",\s*([}\]])")
 _UNQUOTED_KEY_RE = re.compile(r'([{,]\s*)([A-Za-z_][A-Za-z0-9_ \-]*?)\s*:')
 _PY_LITERALS = {"True": "true", "False": "false", "None": "null"}
-_NUMBER_RE = re.compile(r"[-+]?\d+(?:\.\d+)?")
+# A string that is a score: an optional "label:", the number, an optional "/5" or "out of 5" scale, then
+# no other digit ("4", "4/5", "score: 3", "4 - good"); "Step 2 is wrong, 1" is text, not a score.
+_SCORE_STRING_RE = re.compile(
+    r"\s*(?:[A-Za-z][A-Za-z _-]{0,19}[:=]\s*)?([-+]?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*\d+(?:\.\d+)?)?[^\d]*", re.I)
 
 
 def _closes_single(text: str, i: int) -> bool:
@@ -141,14 +144,14 @@ def parse_json_object(text: Any) -> tuple[Optional[dict], Optional[str]]:
 
 
 def as_number(value: Any) -> Optional[float]:
-    """A float from a number or a numeric string ("4", "4.5", "4/5", "score: 3"); None otherwise."""
+    """A float from a number or a score string ("4", "4.5", "4/5", "score: 3"); None for other text."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
         return float(value) if value == value else None
     if isinstance(value, str):
-        m = _NUMBER_RE.search(value)
-        return float(m.group(0)) if m else None
+        m = _SCORE_STRING_RE.fullmatch(value)
+        return float(m.group(1)) if m else None
     if isinstance(value, dict):  # {"score": 4, "reason": ...}
         for k in ("score", "rating", "value"):
             if k in value:

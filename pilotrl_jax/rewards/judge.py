@@ -9,11 +9,14 @@ episode's score is the mean over units, also given normalized to [0, 1] as (scor
 Failures are explicit: a unit whose answer cannot be parsed or whose request failed is a failed
 unit; a `Judgement` is ok when at least `min_ok_fraction` of its units succeeded (the score then
 averages the successful units). A failed judgement has ok=False and an error, never a score of 0;
-the reward drops the plan term for it and counts it (see shaping.compute_rewards).
+the reward counts it and gives it its group's mean plan term (see shaping.compute_rewards). An episode
+that wrote no plan is not a failed judgement: it is rated 1 on every criterion (the worst plan), so
+skipping the plan never earns the group's mean.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 from typing import Any, Optional, Sequence
 
@@ -22,6 +25,10 @@ from pilotrl_jax.rewards.jsonrepair import as_number, parse_json_object
 CRITERIA = ("correctness", "followability", "standardization")
 _CRITERION_PREFIXES = {"correctness": ("correct",), "followability": ("follow",),
                        "standardization": ("standard", "format")}
+# Words that mark a reply key as prose about a criterion ("correctness_reason"), never its score.
+_TEXT_WORDS = frozenset({"reason", "reasons", "reasoning", "explanation", "justification", "rationale", "comment",
+                         "comments", "feedback", "analysis", "note", "notes", "why", "critique", "evidence", "summary"})
+_SCORE_WORDS = frozenset({"score", "rating", "grade"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +117,8 @@ def aggregate(units: Sequence[Optional[dict]], errors: Sequence[Optional[str]], 
     n = len(units)
     per_unit = [dict(u) if u is not None else {"error": e or "failed"} for u, e in zip(units, errors)]
     good = [u for u in units if u is not None]
-    if n == 0:
-        return Judgement(ok=False, error="episode has no plan to judge", per_unit=per_unit)
+    if n == 0:  # a verdict, not a failure: an episode that wrote no plan gets the lowest score on every criterion
+        return Judgement(ok=True, score=1.0, score_norm=0.0, criteria={c: 1.0 for c in CRITERIA}, per_unit=per_unit)
     n_failed = n - len(good)
     if not good or len(good) < min_ok_fraction * n:
         first = next((e for e in errors if e), "failed")
@@ -123,26 +130,42 @@ def aggregate(units: Sequence[Optional[dict]], errors: Sequence[Optional[str]], 
                      n_units=n, n_failed=n_failed)
 
 
+def criterion_key_rank(key: Any, criterion: str) -> Optional[int]:
+    """How surely reply `key` holds `criterion`'s score: 0 exact ("correctness"), 1 a score key
+    ("correctness_score"), 2 another key of it; None for a text field ("correctness_reason") or another criterion."""
+    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", str(key)).lower())
+    if not words or not words[0].startswith(_CRITERION_PREFIXES[criterion]):
+        return None
+    if len(words) == 1:
+        return 0
+    if words[-1] in _SCORE_WORDS:
+        return 1
+    return None if _TEXT_WORDS.intersection(words) else 2
+
+
+def criterion_value(obj: dict, criterion: str) -> tuple[Optional[float], Optional[str]]:
+    """`criterion`'s score in a parsed answer: the best-ranked key (`criterion_key_rank`) whose value is a
+    number, whatever the key order; (None, reason) when no such key."""
+    ranked = sorted((rank, i, key) for i, key in enumerate(obj)
+                    if (rank := criterion_key_rank(key, criterion)) is not None)
+    for _, _, key in ranked:
+        x = as_number(obj[key])
+        if x is not None:
+            return x, None
+    if ranked:
+        key = ranked[0][2]
+        return None, f"{criterion}: {key}={obj[key]!r} is not a number"
+    return None, f"answer lacks {criterion} (keys: {sorted(map(str, obj))[:6]})"
+
+
 def criteria_from_object(obj: dict) -> tuple[Optional[dict], Optional[str]]:
-    """The three criterion scores (clamped to 1..5) from a parsed answer, or (None, reason)."""
-    found: dict = {}
-    for key, value in obj.items():
-        k = str(key).strip().lower()
-        for crit, prefixes in _CRITERION_PREFIXES.items():
-            if crit not in found and k.startswith(prefixes):
-                found[crit] = value
-    if "scores" in obj and isinstance(obj["scores"], dict) and len(found) < len(CRITERIA):
-        inner, err = criteria_from_object(obj["scores"])
-        if inner is not None:
-            return inner, None
-    missing = [c for c in CRITERIA if c not in found]
-    if missing:
-        return None, f"answer lacks {missing} (keys: {sorted(map(str, obj))[:6]})"
+    """The three criterion scores (clamped to 1..5) from a parsed answer (or its "scores" object), or (None, reason)."""
     out = {}
     for c in CRITERIA:
-        x = as_number(found[c])
+        x, err = criterion_value(obj, c)
         if x is None:
-            return None, f"{c}={found[c]!r} is not a number"
+            inner = criteria_from_object(obj["scores"])[0] if isinstance(obj.get("scores"), dict) else None
+            return (inner, None) if inner is not None else (None, err)
         out[c] = min(max(x, 1.0), 5.0)
     return out, None
 
@@ -225,7 +248,7 @@ class JudgeStats:
     def __init__(self):
         self._lock = threading.Lock()
         self.c = dict(episodes=0, units=0, unit_failures=0, parse_failures=0, request_failures=0,
-                      judgement_failures=0, judge_time_s=0.0)
+                      judgement_failures=0, unanswered=0, judge_time_s=0.0)  # unanswered: by the deadline
 
     def add(self, **kw):
         """Add to counters."""

@@ -6,7 +6,9 @@ What it adds over a bare POST:
   connection errors (a `Retry-After` header is honoured, capped at `max_backoff_s`),
 - a response cache keyed by a SHA-256 of the request (model, messages, sampling args): in memory and,
   optionally, in one JSON file on disk (loaded at start, rewritten atomically on new entries),
-- counters for metrics (`stats()`), and results that never raise: `ChatResult.ok` False with an error.
+- counters for metrics (`stats()`), and results that never raise: `ChatResult.ok` False with an error,
+- an optional deadline per call (`chat(deadline=...)`, a `time.monotonic()` time): no attempt, backoff or
+  wait for a concurrency slot runs past it, and each attempt's timeout is cut to the time left.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class _Stats:
     def __init__(self):
         self._lock = threading.Lock()
         self.c = dict(requests=0, cache_hits=0, http_calls=0, retries=0, failures=0, timeouts=0,
-                      http_errors=0, latency_sum_s=0.0, latency_max_s=0.0, in_flight_max=0)
+                      http_errors=0, deadline_misses=0, latency_sum_s=0.0, latency_max_s=0.0, in_flight_max=0)
         self._in_flight = 0
 
     def add(self, **kw):
@@ -167,8 +169,9 @@ class OpenAIClient:
         return body
 
     def chat(self, messages: Sequence[dict], *, temperature: Optional[float] = None,
-             max_tokens: Optional[int] = None, use_cache: bool = True) -> ChatResult:
-        """One chat completion; never raises on network/HTTP trouble (see `ChatResult.ok`)."""
+             max_tokens: Optional[int] = None, use_cache: bool = True, deadline: Optional[float] = None) -> ChatResult:
+        """One chat completion, given up at `deadline` (a `time.monotonic()` time; None: only the retry
+        budget bounds it); never raises on network/HTTP trouble (see `ChatResult.ok`)."""
         body = self.payload(messages, temperature, max_tokens)
         self._stats.add(requests=1)
         key = request_key(body)
@@ -179,7 +182,7 @@ class OpenAIClient:
                 self._stats.add(cache_hits=1)
                 return ChatResult(ok=True, content=hit, cached=True)
         t0 = time.monotonic()
-        res = self._call_with_retries(body)
+        res = self._call_with_retries(body, deadline)
         res.latency_s = time.monotonic() - t0
         self._stats.latency(res.latency_s)
         if res.ok and self.config.cache:
@@ -189,7 +192,7 @@ class OpenAIClient:
         return res
 
     def stats(self) -> dict:
-        """Counters: requests, cache_hits, http_calls, retries, failures, timeouts, latency (s)."""
+        """Counters: requests, cache_hits, http_calls, retries, failures, timeouts, deadline_misses, latency (s)."""
         return self._stats.snapshot()
 
     def flush(self) -> None:
@@ -233,26 +236,47 @@ class OpenAIClient:
             wait = max(wait, min(retry_after, c.max_backoff_s))
         return max(wait, 0.0)
 
-    def _call_with_retries(self, body: dict) -> ChatResult:
+    def _past_deadline(self, attempts: int, error: str, status: Optional[int]) -> ChatResult:
+        self._stats.add(deadline_misses=1)
+        return ChatResult(ok=False, error=f"deadline reached after {attempts} attempt(s); last: {error}",
+                          attempts=attempts, status=status)
+
+    def _take_slot(self, deadline: Optional[float]) -> Optional[float]:
+        """Take a concurrency slot; the attempt's timeout (s), or None (no slot) once `deadline` has passed."""
+        if deadline is None:
+            self._sem.acquire()
+            return self.config.timeout_s
+        if not self._sem.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self._sem.release()
+            return None
+        return min(self.config.timeout_s, left)
+
+    def _call_with_retries(self, body: dict, deadline: Optional[float] = None) -> ChatResult:
         import httpx
 
         c = self.config
         error, status = "no attempt made", None
         for attempt in range(c.max_retries + 1):
             retry_after = None
+            timeout = self._take_slot(deadline)
+            if timeout is None:
+                return self._past_deadline(attempt, error, status)
             if attempt:
                 self._stats.add(retries=1)
             self._stats.add(http_calls=1)
             try:
-                with self._sem:
-                    self._stats.enter()
-                    try:
-                        resp = self._http.post(self.url, json=body)
-                    finally:
-                        self._stats.leave()
+                self._stats.enter()
+                try:
+                    resp = self._http.post(self.url, json=body, timeout=timeout)
+                finally:
+                    self._stats.leave()
+                    self._sem.release()
             except httpx.TimeoutException as e:
                 self._stats.add(timeouts=1)
-                error, status, retryable = f"timeout after {c.timeout_s}s ({type(e).__name__})", None, True
+                error, status, retryable = f"timeout after {timeout:.3g}s ({type(e).__name__})", None, True
             except httpx.HTTPError as e:
                 error, status, retryable = f"connection error: {type(e).__name__}: {e}", None, True
             else:
@@ -272,7 +296,10 @@ class OpenAIClient:
                     retry_after = None
             if not retryable or attempt == c.max_retries:
                 return ChatResult(ok=False, error=error, attempts=attempt + 1, status=status)
-            time.sleep(self._backoff(attempt, retry_after))
+            wait = self._backoff(attempt, retry_after)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                return self._past_deadline(attempt + 1, error, status)
+            time.sleep(wait)
         return ChatResult(ok=False, error=error, attempts=c.max_retries + 1, status=status)
 
 

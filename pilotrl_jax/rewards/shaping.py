@@ -23,8 +23,12 @@ the episode's last policy token by the trainer:
   anchor state (same group, same accepted commands so far: `anchor_keys`) compare their discounted
   returns (`turn_rewards`, `step_gamma`), normalized within that state's group (`rl.step_groups`).
 - plan_term: the judge's normalized plan score in [0, 1] (or the raw 1..5 with `plan_scale="raw"`).
-  Where the judgement failed (ok False / missing) the term is dropped for that episode (0) and the
-  episode is counted in `judge_failures`; it is never scored as a bad plan.
+  Where the judgement failed (judge_ok False, e.g. the judge call timed out or its answer was
+  unreadable) the episode gets the mean plan term of the episodes judged ok in its GRPO group
+  (`groups`; without groups the batch is one group), so a failure is never scored as a plan, good
+  or bad: it moves nothing within its group. When no episode of the group was judged ok the term
+  is 0 for all of them, which cancels in the group. Failures are counted in `reward/judge_failures`;
+  episodes never sent to the judge (judge_ok None) get 0 and are not counted.
 """
 from __future__ import annotations
 
@@ -292,10 +296,28 @@ class RewardBatch:
     metrics: dict
 
 
-def compute_rewards(episodes: Sequence[Any], cfg: RewardConfig = RewardConfig()) -> RewardBatch:
-    """Total reward per episode plus components (outcome/format/overlong/plan) and metrics."""
+def fill_failed_plan_terms(terms: np.ndarray, ok: np.ndarray, failed: np.ndarray,
+                           groups: Sequence[Hashable]) -> np.ndarray:
+    """`terms` with each failed judgement's entry set to the mean term of its group's ok episodes (0 if none)."""
+    out = np.asarray(terms, np.float32).copy()
+    index: dict = {}
+    gid = np.array([index.setdefault(g, len(index)) for g in groups], np.int64)
+    for g in set(gid[failed].tolist()):
+        good = (gid == g) & ok
+        out[(gid == g) & failed] = out[good].mean() if good.any() else 0.0
+    return out
+
+
+def compute_rewards(episodes: Sequence[Any], cfg: RewardConfig = RewardConfig(),
+                    groups: Optional[Sequence[Hashable]] = None) -> RewardBatch:
+    """Total reward per episode plus components (outcome/format/overlong/plan) and metrics; `groups`
+    (one GRPO group id per episode, None: one group) is where a failed judgement takes its plan term from."""
     eps = _as_summaries(episodes)
     n = len(eps)
+    groups = [0] * n if groups is None else list(groups)
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} ids for {n} episodes; pass one GRPO group id per episode "
+                         "(e.g. [e.group_id for e in episodes]) or None")
     won = np.array([e.won for e in eps], bool)
     score = np.array([e.score for e in eps], np.float32)
     ferr = np.array([e.format_errors for e in eps], np.int64)
@@ -313,11 +335,13 @@ def compute_rewards(episodes: Sequence[Any], cfg: RewardConfig = RewardConfig())
     else:
         raw_plan = np.array([(e.plan_score_raw if e.plan_score_raw is not None else 1 + 4 * e.plan_score) if ok else 0.0
                              for e, ok in zip(eps, plan_ok)], np.float32)
+    failed = judged & ~plan_ok
+    raw_plan = fill_failed_plan_terms(raw_plan, plan_ok, failed, groups)
     plan = (np.float32(cfg.plan_weight) * raw_plan) if cfg.plan_weight > 0 else np.zeros(n, np.float32)
     invalid_n = np.array([e.invalid_actions for e in eps], np.int64)
     invalid = invalid_term(invalid_n, cfg.invalid_action_penalty, cfg.invalid_action_floor)
     reward = (outcome + fmt + over + invalid + plan).astype(np.float32)
-    failures = int((judged & ~plan_ok).sum())
+    failures = int(failed.sum())
 
     def mean(x, m=None):
         x = np.asarray(x, np.float64)
@@ -340,5 +364,6 @@ def compute_rewards(episodes: Sequence[Any], cfg: RewardConfig = RewardConfig())
         "reward/judged": int(judged.sum()),
         "reward/judge_failures": failures,
     }
-    comps = dict(outcome=outcome, format=fmt, overlong=over, invalid=invalid, plan=plan, plan_ok=plan_ok)
+    comps = dict(outcome=outcome, format=fmt, overlong=over, invalid=invalid, plan=plan, plan_ok=plan_ok,
+                 judge_failed=failed)
     return RewardBatch(reward=reward, components=comps, metrics=metrics)

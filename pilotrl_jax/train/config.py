@@ -137,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.judge = ml_collections.ConfigDict(dict(
         kind="grounded", base_url="", model="", api_key_env="", timeout=60.0, concurrency=8, checkpoint="",
         max_units=8, max_retries=4, backoff=1.0,
+        # seconds one training step's HTTP judging may take in all (size it above units / concurrency x
+        # latency of a healthy endpoint); units unanswered by then are failed judgements, which take their
+        # group's mean plan term and count in reward/judge_failures; 0 = no deadline
+        deadline=1800.0,
     ))
     c.eval = ml_collections.ConfigDict(dict(
         every=0,  # steps between evaluations inside a stage (0 = only at the end of each stage)

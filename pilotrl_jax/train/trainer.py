@@ -164,7 +164,7 @@ def make_judge(ctx, st: C.StageSettings, params):
     if st.judge == "http":
         return mk("http", base_url=j.base_url, model=j.model, api_key_env=j.api_key_env or None,
                   timeout_s=float(j.timeout), max_concurrency=int(j.concurrency), max_units=int(j.max_units),
-                  max_retries=int(j.max_retries), backoff_s=float(j.backoff))
+                  max_retries=int(j.max_retries), backoff_s=float(j.backoff), deadline_s=float(j.deadline) or None)
     judge_params = S.load_params_any(j.checkpoint, False, ctx.model_cfg, ctx.mesh) if j.checkpoint else params
     judge_params = multihost.sampler_params(ctx, judge_params)  # each host judges its own episodes
     return mk("local", config=ctx.model_cfg, params=judge_params, tokenizer=ctx.tokenizer, max_units=int(j.max_units))
@@ -351,7 +351,8 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
             for i, j in zip(started, got):
                 judgements[i] = j
             judge_stats = {f"judge/{k}": v for k, v in judge.stats().items() if isinstance(v, (int, float))}
-        rewards = compute_rewards([episode_summary(e, j) for e, j in zip(batch.episodes, judgements)], st.reward)
+        rewards = compute_rewards([episode_summary(e, j) for e, j in zip(batch.episodes, judgements)], st.reward,
+                                  groups=[e.group_id for e in batch.episodes])  # a failed judgement: its group's mean
         bucket = seq_bucket(ctx.cfg)
         if multihost.is_multihost():  # every host pads to the same bucket: one compiled shape
             arr = batch.to_arrays(pad_to=multihost.agreed_length(max(e.length for e in batch.episodes), bucket))

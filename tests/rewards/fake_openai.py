@@ -3,7 +3,16 @@
 `server.script` is a list of behaviours consumed one per request (then `server.default`):
 "ok", "slow" (sleeps `slow_s` then answers), "500", "429" (with Retry-After: 0), "garbage" (a
 200 whose content is not JSON), "badbody" (a 200 whose body is not JSON), "hold" (sleeps `hold_s`
-then answers: for concurrency counts). `server.reply(messages) -> str` makes the content.
+then answers), "gate" (waits at the `server.gate` barrier, so that many requests are in flight at
+once, then holds them `hold_s` more, time for a request over the limit to show up, and answers; a
+barrier timeout is counted in `gate_timeouts`), "hang" (answers only once
+`server.release` is set, or after `hang_s`: a hung endpoint). `server.reply(messages) -> str` makes
+the content.
+
+`in_flight` counts requests received and not yet answered (decremented before the answer is sent,
+so a client that waits for its answer never sees its next request counted with the old one).
+`reset()` starts a new generation: handlers still running from an earlier test (a "slow" answer the
+client gave up on) no longer touch the counters, and hung handlers are released.
 """
 import json
 import threading
@@ -18,10 +27,20 @@ class FakeServer:
 
     def __init__(self):
         self.lock = threading.Lock()
+        self.generation = 0
+        self.release = threading.Event()
         self.reset()
 
     def reset(self):
         with self.lock:
+            self.generation += 1
+            self.release.set()  # free handlers hung or held at the gate by an earlier test
+            if getattr(self, "gate", None) is not None:
+                self.gate.abort()
+            self.release = threading.Event()
+            self.hang_s = 30.0
+            self.gate = None  # a threading.Barrier for "gate"
+            self.gate_timeouts = 0
             self.script = []
             self.default = "ok"
             self.slow_s = 1.0
@@ -34,17 +53,29 @@ class FakeServer:
             self.reply = lambda messages: JUDGE_REPLY
 
     def next_behaviour(self, body, auth):
+        """(behaviour, generation) of the next request, counted in flight."""
         with self.lock:
             self.requests += 1
             self.bodies.append(body)
             self.auth.append(auth)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return self.script.pop(0) if self.script else self.default
+            return (self.script.pop(0) if self.script else self.default), self.generation
 
-    def done(self):
+    def wait_at_gate(self, generation):
+        """Wait until the gate's parties are all in flight; count a timeout (a broken barrier)."""
+        try:
+            self.gate.wait()
+        except threading.BrokenBarrierError:
+            with self.lock:
+                if generation == self.generation:
+                    self.gate_timeouts += 1
+
+    def done(self, generation):
+        """A request of `generation` is answered (ignored once reset has started a new generation)."""
         with self.lock:
-            self.in_flight -= 1
+            if generation == self.generation:
+                self.in_flight -= 1
 
 
 def _handler(state: FakeServer):
@@ -68,28 +99,37 @@ def _handler(state: FakeServer):
         def do_POST(self):
             n = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(n) or b"{}")
-            how = state.next_behaviour(body, self.headers.get("Authorization"))
+            how, generation = state.next_behaviour(body, self.headers.get("Authorization"))
             try:
-                if self.path != "/v1/chat/completions":
-                    return self._send(404, {"error": f"no route {self.path}"})
-                if how == "slow":
-                    time.sleep(state.slow_s)
-                if how == "hold":
-                    time.sleep(state.hold_s)
-                if how == "500":
-                    return self._send(500, {"error": "internal"})
-                if how == "429":
-                    return self._send(429, {"error": "rate limited"}, [("Retry-After", "0")])
-                if how == "400":
-                    return self._send(400, {"error": "bad request"})
-                if how == "badbody":
-                    return self._send(200, b"<html>oops</html>")
-                content = "I think the plan is quite good!!" if how == "garbage" else state.reply(body["messages"])
-                self._send(200, {"id": "x", "object": "chat.completion", "model": body.get("model"),
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": content}}]})
+                answer = self._answer(how, body, generation)
             finally:
-                state.done()
+                state.done(generation)
+            self._send(*answer)
+
+        def _answer(self, how, body, generation):
+            if self.path != "/v1/chat/completions":
+                return 404, {"error": f"no route {self.path}"}
+            if how == "slow":
+                time.sleep(state.slow_s)
+            if how == "hold":
+                time.sleep(state.hold_s)
+            if how == "gate":
+                state.wait_at_gate(generation)
+                time.sleep(state.hold_s)
+            if how == "hang":
+                state.release.wait(state.hang_s)
+            if how == "500":
+                return 500, {"error": "internal"}
+            if how == "429":
+                return 429, {"error": "rate limited"}, [("Retry-After", "0")]
+            if how == "400":
+                return 400, {"error": "bad request"}
+            if how == "badbody":
+                return 200, b"<html>oops</html>"
+            content = "I think the plan is quite good!!" if how == "garbage" else state.reply(body["messages"])
+            return 200, {"id": "x", "object": "chat.completion", "model": body.get("model"),
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": content}}]}
 
     return H
 

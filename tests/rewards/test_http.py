@@ -1,16 +1,23 @@
 """OpenAIClient / HTTPJudge / LLMSimEnv against a local server that misbehaves on command."""
 import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 
 import pytest
 
+import pilotrl_jax
 from pilotrl_jax.envs.base import EnvError, Task
-from pilotrl_jax.rewards import JudgeRequest, PlanRecord
+from pilotrl_jax.rewards import EpisodeSummary, JudgeRequest, PlanRecord, RewardConfig, compute_rewards
 from pilotrl_jax.rewards.http_judge import HTTPJudge
 from pilotrl_jax.rewards.llm_env import LLMSimEnv
-from pilotrl_jax.rewards.openai_client import ClientConfig, OpenAIClient, request_key
+from pilotrl_jax.rewards.openai_client import ChatResult, ClientConfig, OpenAIClient, request_key
 
 MSG = [{"role": "user", "content": "hello"}]
+JUDGE_REPLY_5 = '{"correctness": 5, "followability": 5, "standardization": 5}'
 FAST = dict(timeout_s=0.4, max_retries=3, backoff_s=0.01, max_backoff_s=0.05)
 
 
@@ -134,14 +141,118 @@ def test_partial_unit_failures(server):
 
 
 def test_concurrency_limit_respected(server):
+    """The limit is reached (the server holds requests at a barrier until 3 are in flight together)
+    and never exceeded; a client that stops short fails on the barrier's timeout, never hangs.
+    (The old flake was in the fake server: a handler of an earlier test decremented `in_flight` after
+    reset, so the count topped out at 2; see test_fake_server_counts_ignore_an_earlier_tests_requests.)"""
     state, url = server
-    state.default = "hold"
-    state.hold_s = 0.1
-    judge = HTTPJudge(_client(url, max_concurrency=3, timeout_s=2.0))
+    state.default = "gate"
+    state.gate = threading.Barrier(3, timeout=5.0)
+    state.hold_s = 0.05  # after the barrier: time for a request over the limit to show up
+    judge = HTTPJudge(_client(url, max_concurrency=3, timeout_s=10.0, max_retries=0))
     out = judge.score([_req(i) for i in range(12)])
-    assert all(j.ok for j in out)
+    assert state.gate_timeouts == 0, f"the client never had 3 requests in flight at once (max {state.max_in_flight})"
+    assert all(j.ok for j in out) and state.requests == 12
     assert state.max_in_flight == 3  # reached, never exceeded
-    assert judge.stats()["in_flight_max"] <= 3
+    assert judge.stats()["in_flight_max"] == 3
+
+
+def test_fake_server_counts_ignore_an_earlier_tests_requests(server):
+    """A request a client gave up on that is answered after reset() (an earlier test's "slow" one) leaves
+    `in_flight` alone: before the fix it went to -1 and the concurrency test saw at most 2 of 3."""
+    state, url = server
+    state.script, state.slow_s = ["slow"], 0.3
+    assert not _client(url, timeout_s=0.1, max_retries=0).chat(MSG).ok
+    state.reset()  # the next test starts while the handler still sleeps
+    time.sleep(0.5)
+    assert state.in_flight == 0 and state.max_in_flight == 0
+
+
+def _judge_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("http-judge")]
+
+
+def test_step_deadline_against_a_hung_endpoint(server):
+    """A hung endpoint: one step's judging returns by its deadline (not after retries x timeouts), every
+    episode a failed judgement counted in the reward; the next step is unaffected."""
+    state, url = server
+    state.default = "hang"
+    patient = dict(timeout_s=60.0, max_retries=4, backoff_s=1.0)  # the production defaults: minutes per unit
+    t0 = time.monotonic()
+    r = _client(url, **patient).chat(MSG, deadline=time.monotonic() + 0.5)
+    assert time.monotonic() - t0 < 1.0 and not r.ok and "deadline" in r.error
+    judge = HTTPJudge(_client(url, max_concurrency=2, **patient), deadline_s=1.0)
+    sent = state.requests
+    t0 = time.monotonic()
+    out = judge.score([_req(i) for i in range(6)])
+    assert time.monotonic() - t0 < 1.0 + 0.5
+    assert not any(j.ok for j in out) and all("deadline" in j.error for j in out), [j.error for j in out]
+    st = judge.stats()
+    assert st["judgement_failures"] == 6 and st["unanswered"] + st["deadline_misses"] >= 6
+    assert state.requests - sent == 2  # the 2 in flight; the rest never sent, not even after the deadline
+    rewards = compute_rewards([EpisodeSummary(won=False, judge_ok=j.ok) for j in out], RewardConfig(plan_weight=1.0),
+                              groups=[0, 0, 0, 1, 1, 1])
+    assert rewards.metrics["reward/judge_failures"] == 6 and rewards.reward.tolist() == [0.0] * 6
+    stale = _judge_threads()
+    assert all(t.daemon for t in stale)  # cannot keep the process alive
+    state.default = "ok"  # the endpoint recovers: the next step judges normally
+    state.release.set()
+    nxt = judge.score([_req(10 + i) for i in range(3)])
+    assert all(j.ok and j.score == pytest.approx(4.0) for j in nxt)
+    for t in stale:  # the client gave up at the deadline too: no thread outlives it for long
+        t.join(timeout=2.0)
+        assert not t.is_alive()
+
+
+def test_late_answers_never_reach_a_later_step(server):
+    """Threads stuck past the deadline (a client ignoring it) answer into their own step's results only,
+    and the units they had not started are never sent."""
+    _, url = server
+    client = _client(url, max_concurrency=2)
+    release, calls = threading.Event(), []
+    late = '{"correctness": 1, "followability": 1, "standardization": 1}'
+
+    def stuck(messages, **kw):
+        calls.append(messages)
+        release.wait(10.0)
+        return ChatResult(ok=True, content=late)
+
+    client.chat = stuck
+    judge = HTTPJudge(client, deadline_s=0.5)
+    first = judge.score([_req(i) for i in range(5)])
+    assert not any(j.ok for j in first) and len(calls) == 2
+    stale = _judge_threads()
+    client.chat = lambda messages, **kw: ChatResult(ok=True, content=JUDGE_REPLY_5)
+    release.set()  # the stuck threads answer while the next step runs
+    second = judge.score([_req(i) for i in range(5)])
+    for t in stale:
+        t.join(timeout=2.0)
+    assert all(j.ok and j.score == 5.0 for j in second)
+    assert not any(j.ok for j in first) and len(calls) == 2
+
+
+def test_blocked_judge_threads_do_not_keep_the_process_alive():
+    """A judge thread blocked for good (no timeout anywhere) does not stop the interpreter from exiting."""
+    script = textwrap.dedent("""
+        import threading
+        from pilotrl_jax.rewards import JudgeRequest, PlanRecord
+        from pilotrl_jax.rewards.http_judge import HTTPJudge
+        from pilotrl_jax.rewards.openai_client import ClientConfig, OpenAIClient
+
+        client = OpenAIClient(ClientConfig(base_url="http://127.0.0.1:9/v1", model="m"))
+        client.chat = lambda messages, **kw: threading.Event().wait()  # never returns
+        judge = HTTPJudge(client, deadline_s=0.3)
+        req = JudgeRequest(task="t", plans=(PlanRecord(0, ("go to the desk",)),), actions=(), observations=("t",))
+        print("judged", [j.ok for j in judge.score([req, req])])
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pilotrl_jax.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the process did not exit: a blocked judge thread kept it alive ({e.stdout!r})")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "judged [False, False]" in proc.stdout
 
 
 def test_api_key_from_env(server, monkeypatch):
@@ -207,3 +318,20 @@ def test_make_judge_and_unbuildable_prompt_is_a_failed_unit(server):
     assert not out[0].ok and "could not build the prompt" in out[0].error and out[1].ok
     with pytest.raises(ValueError, match="judge kind"):
         make_judge("gpt")
+
+
+def test_config_deadline_reaches_the_http_judge():
+    """`judge.deadline` of the config is the deadline of the HTTP judge the trainer builds (0: none)."""
+    import types
+
+    from pilotrl_jax.train import config as C
+    from pilotrl_jax.train import trainer as T
+
+    cfg = C.base_config()
+    cfg.judge.update(base_url="http://127.0.0.1:9/v1", model="judge", deadline=7.5)
+    stage = types.SimpleNamespace(reward=RewardConfig(plan_weight=1.0), judge="http")
+    assert T.make_judge(types.SimpleNamespace(cfg=cfg), stage, None).deadline_s == 7.5
+    cfg.judge.deadline = 0.0
+    assert T.make_judge(types.SimpleNamespace(cfg=cfg), stage, None).deadline_s is None
+    with pytest.raises(ValueError, match="judge.deadline"):
+        HTTPJudge(base_url="http://127.0.0.1:9/v1", model="judge", deadline_s=-1.0)

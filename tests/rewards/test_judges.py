@@ -54,11 +54,12 @@ def test_grounded_followed_plan_with_success_beats_ignored_plan():
     assert h.criteria["followability"] == pytest.approx(1 + 4 * 2 / 3)
     assert m.criteria["standardization"] == 3.0 and m.score < f.score
     assert bad.score == 1.0
-    # No plan at all (ReAct): a flagged failure, not a zero.
+    # No plan at all: a verdict (the worst plan), not a failed judgement that would earn its group's mean.
     (none,) = judge.score([_req(GOOD_ACTIONS, GOOD_OBS, won=True, plans=())])
-    assert not none.ok and none.score is None and "no plan" in none.error
+    assert none.ok and none.score == 1.0 and none.score_norm == 0.0 and none.n_units == 0
+    assert none.criteria == {"correctness": 1.0, "followability": 1.0, "standardization": 1.0}
     st = judge.stats()
-    assert st["episodes"] == 6 and st["judgement_failures"] == 1 and st["requests"] == 5
+    assert st["episodes"] == 6 and st["judgement_failures"] == 0 and st["requests"] == 5
 
 
 def test_revised_plans_averaged_over_units():
@@ -145,6 +146,32 @@ def test_parse_judge_answer_repairs(text, want):
     crit, err = parse_judge_answer(text)
     assert err is None, err
     assert (crit["correctness"], crit["followability"], crit["standardization"]) == want
+
+
+@pytest.mark.parametrize("text,want", [
+    # Paper-style replies: each reason comes before its score and holds digits of its own.
+    ('{"correctness_reason": "Step 2 is missing, so 1 of 3 steps fails", "correctness_score": 4, '
+     '"followability_reason": "The agent followed steps 1-3.", "followability_score": 2, '
+     '"standardization_reason": "Uses Step 1: ... format", "standardization_score": 5}', (4, 2, 5)),
+    ('{"Correctness reason": "5 stars would be too many", "Correctness": 3, "followability explanation": "2 steps", '
+     '"followability": "4/5", "standardizationReason": "1 typo", "standardizationScore": "score: 2"}', (3, 4, 2)),
+    # An exact key beats a *_score key, whatever the order.
+    ('{"correctness_score": 2, "correctness": 4, "followability_rating": 3, '
+     '"standardization": {"reason": "1", "score": 5}}', (4, 3, 5)),
+])
+def test_parse_judge_answer_never_reads_a_reason(text, want):
+    crit, err = parse_judge_answer(text)
+    assert err is None, err
+    assert (crit["correctness"], crit["followability"], crit["standardization"]) == want
+
+
+@pytest.mark.parametrize("text", [
+    '{"correctness_reason": "4 of 5 steps work", "followability": 3, "standardization": 3}',  # only a reason
+    '{"correctness": "Step 2 is wrong, so 1", "followability": 3, "standardization": 3}',  # prose, not a score
+])
+def test_parse_judge_answer_flags_a_criterion_with_only_text(text):
+    crit, err = parse_judge_answer(text)
+    assert crit is None and "correctness" in err
 
 
 @pytest.mark.parametrize("text", ["no json here", "{{{{", '{"correctness": "good", "followability": 3, "standardization": 3}',

@@ -63,7 +63,9 @@ def test_compute_rewards_matches_reference_on_random_batches():
         f = (np.where(ferr > 0, cfg.format_penalty, 0.0) if cfg.format_mode == "any"
              else np.maximum(ferr * cfg.format_penalty, cfg.format_floor))
         ov = _ref_overlong(lens, cfg.max_response_len, cfg.overlong_buffer, cfg.overlong_clip) if cfg.overlong else 0.0
-        p = np.where(ok, plan if cfg.plan_scale == "unit" else 1 + 4 * plan, 0.0) * cfg.plan_weight
+        term = plan if cfg.plan_scale == "unit" else 1 + 4 * plan
+        # No groups given: the batch is one group, so a failed judgement gets the mean term of the ok ones.
+        p = np.where(ok, term, np.where(judged, term[ok].mean(), 0.0)) * cfg.plan_weight
         np.testing.assert_allclose(out.reward, o + f + ov + p, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(out.components["overlong"], ov + np.zeros(n), rtol=1e-5, atol=1e-5)
         assert out.reward.dtype == np.float32 and out.reward.shape == (n,)
@@ -73,15 +75,29 @@ def test_compute_rewards_matches_reference_on_random_batches():
         np.testing.assert_allclose(out.metrics["reward/success_rate"], won.mean())
 
 
-def test_failed_judgement_drops_the_plan_term_not_zero_score():
+def test_failed_judgement_takes_its_groups_mean_plan_term():
+    """A failed judgement scores as its GRPO group's judged episodes on average, not as the worst plan (0)."""
     cfg = RewardConfig(plan_weight=1.0)
+    worst = dict(won=False, plan_score=0.0, plan_score_raw=1.0, judge_ok=True)
     good = dict(won=False, plan_score=0.75, plan_score_raw=4.0, judge_ok=True)
-    bad = dict(won=False, judge_ok=False)
-    out = compute_rewards([good, bad, dict(won=True)], cfg)
-    np.testing.assert_allclose(out.reward, [0.75, 0.0, 1.0])
-    assert out.components["plan_ok"].tolist() == [True, False, False]
-    assert out.metrics["reward/judge_failures"] == 1
-    np.testing.assert_allclose(out.metrics["reward/plan_score"], 0.75)  # failures not averaged in as 0
+    ok_half = dict(won=False, plan_score=0.25, plan_score_raw=2.0, judge_ok=True)
+    failed = dict(won=False, judge_ok=False)
+    out = compute_rewards([good, failed, worst, ok_half, dict(won=True), failed, failed, failed],
+                          cfg, groups=["a", "a", "a", "b", "b", "b", "c", "c"])
+    # a: mean(0.75, 0.0); b: mean(0.25) (the unjudged episode is not averaged in); c: nobody judged, all 0.
+    np.testing.assert_allclose(out.reward, [0.75, 0.375, 0.0, 0.25, 1.0, 0.25, 0.0, 0.0])
+    assert out.reward[1] > out.reward[2]  # a timeout is not the worst plan
+    assert out.components["plan_ok"].tolist() == [True, False, True, True, False, False, False, False]
+    assert out.components["judge_failed"].tolist() == [False, True, False, False, False, True, True, True]
+    assert out.metrics["reward/judge_failures"] == 4 and out.metrics["reward/judged"] == 7
+    np.testing.assert_allclose(out.metrics["reward/plan_score"], 1.0 / 3)  # failures not averaged in
+    # Raw scale: a failure is its group's mean of 1..5, never 0 (below the scale).
+    raw = compute_rewards([good, failed, worst], RewardConfig(plan_weight=1.0, plan_scale="raw"), groups=[7, 7, 7])
+    np.testing.assert_allclose(raw.reward, [4.0, 2.5, 1.0])
+    # Without groups the batch is one group.
+    np.testing.assert_allclose(compute_rewards([good, failed, ok_half], cfg).reward, [0.75, 0.5, 0.25])
+    with pytest.raises(ValueError, match="groups has 2 ids for 3 episodes"):
+        compute_rewards([good, failed, worst], cfg, groups=[0, 1])
 
 
 def test_empty_batch_and_bad_inputs():

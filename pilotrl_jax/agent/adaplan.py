@@ -12,25 +12,58 @@ Use (one episode; the rollout loop drives many in lockstep):
             res = env.step(turn.env_action)
             ep.add_observation(res.observation, done=res.done, info=res.info)
 `ep.spans` is the episode as the sampler saw it; `ep.token_ids()` their concatenation.
+
+A plan generation that closes its assistant message (its last token is an end-of-turn token, e.g.
+`<|im_end|>`, sampled before any thought/action) is kept exactly as sampled; the rest of the chat
+template's closing and a new assistant header follow as a PROMPT span (template scaffolding, never
+trained), and the executor writes its thought+action in that new assistant message.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 from typing import Any, Callable, Optional, Sequence
 
 from pilotrl_jax.agent import prompts
-from pilotrl_jax.agent.parser import ParseResult, parse_action, parse_plan
+from pilotrl_jax.agent.parser import (
+    ACTION_CLOSE,
+    ACTION_TAG,
+    PLAN_CLOSE,
+    PLAN_TAG,
+    THOUGHT_TAG,
+    ParseResult,
+    close_tag,
+    open_tag,
+    parse_action,
+    parse_plan,
+)
 from pilotrl_jax.agent.spans import Span, SpanKind, flatten_spans
-from pilotrl_jax.agent.tokenizer import STOP_ACTION, STOP_PLAN, ChatTokenizer, as_chat_tokenizer, split_index_after_text
+from pilotrl_jax.agent.tokenizer import ChatTokenizer, as_chat_tokenizer, split_index_after_text
 from pilotrl_jax.envs.base import Task
 
 PlanSource = Callable[["AgentEpisode"], Optional[Sequence[str]]]
 
-_PLAN_CLOSE_RE = re.compile(r"<\s*/\s*global_plan\s*>", re.IGNORECASE)
-_PLAN_OPEN_AT_START_RE = re.compile(r"^\s*<\s*global_plan\s*>", re.IGNORECASE)
-_THOUGHT_OR_ACTION_RE = re.compile(r"<\s*/?\s*(thought|action)\s*>", re.IGNORECASE)
+_EXECUTOR_TAGS = tuple(f(n) for n in (THOUGHT_TAG, ACTION_TAG) for f in (open_tag, close_tag))
+_PLACEHOLDER = "\u2063ASSISTANT_MESSAGE\u2063"
+
+
+def _opens_with_plan(text: str) -> bool:
+    """True when `text` starts (after blanks) with the opening plan tag."""
+    return text.lstrip().startswith(open_tag(PLAN_TAG))
+
+
+def _has_executor_tag(text: str) -> bool:
+    """True when `text` holds a thought or action tag (opening or closing)."""
+    return any(t in text for t in _EXECUTOR_TAGS)
+
+
+def new_assistant_message_ids(chat: ChatTokenizer, after: Sequence[int]) -> list[int]:
+    """Tokens that close the assistant message ending `after` (less the closing it holds) and open a new one."""
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": _PLACEHOLDER}]
+    ids = chat.encode(chat.render(messages, add_generation_prompt=True).split(_PLACEHOLDER, 1)[1])
+    k = chat.closing_overlap(after)
+    return ids[k:] if ids[:k] == list(chat.closing_ids[:k]) else ids
 
 
 class Phase(str, enum.Enum):
@@ -58,7 +91,8 @@ class TurnResult:
 
     kind: SpanKind
     parse: ParseResult
-    env_action: Optional[str]  # None after a plan-only generation (the executor writes next)
+    env_action: Optional[str]  # None after a plan-only generation (the executor writes next, in the same
+    # assistant message or, when the plan generation ended it, in a new one)
     format_error: bool
 
 
@@ -180,10 +214,10 @@ class AgentEpisode:
     def next_request(self) -> Optional[Request]:
         """What the policy must generate next, or None when the episode waits for the env or is done."""
         if self.phase == Phase.PLAN:
-            return Request(SpanKind.PLAN, (STOP_PLAN, STOP_ACTION), False)
+            return Request(SpanKind.PLAN, (PLAN_CLOSE, ACTION_CLOSE), False)
         if self.phase == Phase.ACTION:
             allow = self._allow_plan()
-            return Request(SpanKind.ACTION, (STOP_ACTION, STOP_PLAN) if allow else (STOP_ACTION,), allow)
+            return Request(SpanKind.ACTION, (ACTION_CLOSE, PLAN_CLOSE) if allow else (ACTION_CLOSE,), allow)
         return None
 
     def _allow_plan(self) -> bool:
@@ -227,7 +261,16 @@ class AgentEpisode:
         elif not isinstance(text, str):
             raise TypeError(f"text must be the decoded policy output (str) or None, got {type(text).__name__}")
         self._fed = len(self.token_ids()) + len(ids)
-        return self._generation(ids, lps, text, expect_plan=self.phase == Phase.PLAN)
+        turn = self._generation(ids, lps, text, expect_plan=self.phase == Phase.PLAN)
+        if turn.env_action is None and ids and ids[-1] in self.chat.end_of_turn_ids:
+            self._open_new_message(ids)
+        return turn
+
+    def _open_new_message(self, after: list[int]) -> None:
+        """The policy closed its assistant message after a plan: the template's new assistant header follows."""
+        ids = new_assistant_message_ids(self.chat, after)
+        self.spans.append(Span(SpanKind.PROMPT, ids, None, self.chat.decode(ids)))
+        self._turn_text = ""  # nothing of the closed message carries into the executor's parse
 
     def _record_plan(self, steps: tuple[str, ...]) -> None:
         self.plan = steps
@@ -236,15 +279,15 @@ class AgentEpisode:
     def _generation(self, ids, lps, text, expect_plan: bool) -> TurnResult:
         """Route one sampled generation to PLAN and/or ACTION spans (tokens never re-tokenized)."""
         may_plan = expect_plan or self._allow_plan()
-        if may_plan and _PLAN_OPEN_AT_START_RE.match(text) and _PLAN_CLOSE_RE.search(text):
+        if may_plan and _opens_with_plan(text) and PLAN_CLOSE in text:
             # A plan block first: cut the sampled tokens after the token that closes it.
-            cut = split_index_after_text(self.chat, ids, _PLAN_CLOSE_RE)
+            cut = split_index_after_text(self.chat, ids, PLAN_CLOSE)
             head_text = self.chat.decode(ids[:cut]) if cut is not None else text
-            if cut is not None and not _THOUGHT_OR_ACTION_RE.search(head_text):
+            if cut is not None and not _has_executor_tag(head_text):
                 rest_ids, rest_lps = ids[cut:], (None if lps is None else lps[cut:])
                 plan_res = self._plan_turn(ids[:cut], None if lps is None else lps[:cut], head_text)
                 rest_text = self.chat.decode(rest_ids)
-                if not _THOUGHT_OR_ACTION_RE.search(self._turn_text + rest_text):
+                if not _has_executor_tag(self._turn_text + rest_text):
                     # Only a plan (maybe with a few characters past its stop): one PLAN span.
                     self.spans[-1] = Span(SpanKind.PLAN, ids, lps, text)
                     self._turn_text += rest_text
@@ -253,7 +296,7 @@ class AgentEpisode:
                 if plan_res.format_error and not turn.format_error:
                     turn = dataclasses.replace(turn, format_error=True)
                 return turn
-        if expect_plan and not _THOUGHT_OR_ACTION_RE.search(text):
+        if expect_plan and not _has_executor_tag(text):
             return self._plan_turn(ids, lps, text)  # a plan turn, well-formed or not
         if expect_plan:  # thought/action where a plan was due: an executor turn, and a format error
             return self._executor(ids, lps, text, "", allow_plan=False, missing_plan=True)
@@ -269,8 +312,8 @@ class AgentEpisode:
             self._turn_errors.append("plan: " + res.error)
         # Characters after </global_plan> inside the plan's last token (e.g. "<" of a "><" token)
         # belong to the executor's text: carry them into its parse.
-        closes = list(_PLAN_CLOSE_RE.finditer(text))
-        self._turn_text = text[closes[-1].end():] if closes else ""
+        end = text.rfind(PLAN_CLOSE)
+        self._turn_text = text[end + len(PLAN_CLOSE):] if end >= 0 else ""
         self._planned_this_turn = True
         self.phase = Phase.ACTION
         turn = TurnResult(SpanKind.PLAN, res, None, not res.ok)

@@ -1,9 +1,18 @@
 """Parse AdaPlan model output: plan turns and executor turns, never raising on model text.
 
-Formats (tags are matched case-insensitively, with optional spaces inside the brackets):
+Formats:
   plan turn:      <global_plan>Step 1: ...\nStep 2: ...</global_plan>
   executor turn:  <thought>...</thought><action>...</action>
   on_demand:      an executor turn may begin with one <global_plan>...</global_plan> block.
+
+Tags are exact: lowercase, no blanks inside the brackets (`</Action>` or `< /action>` is text, and
+the turn is a format error whose reason names the mis-written tag). This module is the one
+definition of the tags: the sampler stops on `STOP_STRINGS` (the closing tags that end a
+generation), matched exactly, as stop sequences are in the usual LLM serving stacks (vLLM,
+transformers' generate, OpenAI-style APIs). A lenient parser would accept turns the sampler does
+not stop on (they run to their token cap) and that a deployed model's stop sequences would not end
+either; exact tags make what the parser accepts, where the sampler stops and what RL rewards the
+same thing, and the model learns the format its prompt shows.
 
 Whitespace around and between blocks is ignored. Text after the last closing tag is ignored as long
 as it holds no tag (a sampler that stops on a stop string may keep a few characters of the token
@@ -20,8 +29,29 @@ THOUGHT_TAG = "thought"
 ACTION_TAG = "action"
 TAG_NAMES = (PLAN_TAG, THOUGHT_TAG, ACTION_TAG)
 
-# `<name>` or `</name>`, any case, optional blanks inside the brackets; only our three names.
-_TAG_RE = re.compile(r"<\s*(/?)\s*(global_plan|thought|action)\s*>", re.IGNORECASE)
+
+def open_tag(name: str) -> str:
+    """The exact opening tag of `name`, e.g. `<action>`."""
+    return f"<{name}>"
+
+
+def close_tag(name: str) -> str:
+    """The exact closing tag of `name`, e.g. `</action>`."""
+    return f"</{name}>"
+
+
+PLAN_CLOSE = close_tag(PLAN_TAG)
+ACTION_CLOSE = close_tag(ACTION_TAG)
+# The strings the sampler stops a generation on: the closing tags that end a plan or a turn.
+STOP_STRINGS = (ACTION_CLOSE, PLAN_CLOSE)
+# Every tag, in the order a built tokenizer adds them as whole tokens (the order fixes their ids).
+AGENT_TAGS = tuple(f(n) for n in TAG_NAMES for f in (open_tag, close_tag))
+
+# Exact tag text -> lexer item ("open" | "close", name).
+_TAGS = {**{open_tag(n): ("open", n) for n in TAG_NAMES}, **{close_tag(n): ("close", n) for n in TAG_NAMES}}
+_TAG_RE = re.compile("|".join(re.escape(t) for t in _TAGS))
+# What a mis-written tag looks like (other case, blanks inside the brackets): only named in errors.
+_LOOSE_TAG_RE = re.compile(r"<\s*(/?)\s*(global_plan|thought|action)\s*>", re.IGNORECASE)
 # A step line: "Step 3: ...", "step 3 - ...", "3. ...", "3) ...".
 _STEP_RE = re.compile(r"^\s*(?:step\s*(\d+)\s*[:.)\-]?|(\d+)[.):](?=\s|$))\s*(.*)$", re.IGNORECASE)
 
@@ -65,7 +95,7 @@ def _lex(text: str) -> list[tuple[str, Any]]:
     for m in _TAG_RE.finditer(text):
         if m.start() > pos:
             items.append(("text", text[pos : m.start()]))
-        items.append(("close" if m.group(1) else "open", m.group(2).lower()))
+        items.append(_TAGS[m.group(0)])
         pos = m.end()
     if pos < len(text):
         items.append(("text", text[pos:]))
@@ -129,11 +159,30 @@ def parse_plan_steps(body: str) -> tuple[Optional[tuple[str, ...]], bool, Option
     return tuple(steps), numbering_ok, None
 
 
+def _tag_hint(text: str) -> str:
+    """'; ...' naming the first mis-written tag in `text` (other case, blanks) and its exact form, or ''."""
+    for m in _LOOSE_TAG_RE.finditer(text):
+        if m.group(0) not in _TAGS:
+            exact = (close_tag if m.group(1) else open_tag)(m.group(2).lower())
+            return f"; {m.group(0)!r} is not a tag (tags are exact and lowercase): write {exact}"
+    return ""
+
+
+def _with_tag_hint(res: ParseResult, text: str) -> ParseResult:
+    """A format error's reason, extended with the mis-written tag that likely caused it."""
+    return res if res.ok else dataclasses.replace(res, error=res.error + _tag_hint(text))
+
+
 def parse_plan(text: Any) -> ParseResult:
     """Parse a plan turn `<global_plan>Step 1: ...</global_plan>` into steps; never raises."""
     text, err = _as_text(text)
     if err:
         return _fail(err)
+    return _with_tag_hint(_parse_plan(text), text)
+
+
+def _parse_plan(text: str) -> ParseResult:
+    """parse_plan on text already known to be str."""
     items = _lex(text)
     i, junk = _skip_blank(items, 0)
     if junk is not None:
@@ -164,6 +213,11 @@ def parse_action(text: Any, allow_plan: bool = False) -> ParseResult:
     text, err = _as_text(text)
     if err:
         return _fail(err)
+    return _with_tag_hint(_parse_action(text, allow_plan), text)
+
+
+def _parse_action(text: str, allow_plan: bool) -> ParseResult:
+    """parse_action on text already known to be str."""
     items = _lex(text)
     counts = {(k, n): 0 for k in ("open", "close") for n in TAG_NAMES}
     for it in items:
@@ -235,4 +289,4 @@ def format_plan(steps: Any) -> str:
     if len(steps) == 0:
         raise ValueError("plan steps are empty; pass at least one step")
     body = "\n".join(f"Step {k}: {' '.join(s.split())}" for k, s in enumerate(steps, 1))
-    return f"<{PLAN_TAG}>{body}</{PLAN_TAG}>"
+    return f"{open_tag(PLAN_TAG)}{body}{PLAN_CLOSE}"

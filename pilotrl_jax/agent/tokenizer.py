@@ -13,11 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Optional, Sequence
 
-# The sampler ends a turn at these strings (and at the tokenizer's end-of-turn token ids).
-STOP_ACTION = "</action>"
-STOP_PLAN = "</global_plan>"
-STOP_STRINGS = (STOP_ACTION, STOP_PLAN)
-AGENT_TAGS = ("<global_plan>", "</global_plan>", "<thought>", "</thought>", "<action>", "</action>")
+from pilotrl_jax.agent.parser import AGENT_TAGS
 
 _PH_ASSISTANT = "\u2063ASSISTANT_PLACEHOLDER\u2063"
 _PH_USER = "\u2063USER_PLACEHOLDER\u2063"

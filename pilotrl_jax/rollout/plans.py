@@ -15,8 +15,8 @@ import dataclasses
 from typing import Callable, Optional, Sequence
 
 from pilotrl_jax.agent import prompts
-from pilotrl_jax.agent.parser import parse_plan
-from pilotrl_jax.agent.tokenizer import STOP_PLAN, as_chat_tokenizer
+from pilotrl_jax.agent.parser import PLAN_CLOSE, PLAN_TAG, open_tag, parse_plan
+from pilotrl_jax.agent.tokenizer import as_chat_tokenizer
 from pilotrl_jax.rollout.policies import expert_plan_from_actions
 
 # Used for the first turn when a source has no plan (the episode needs one to start).
@@ -57,7 +57,7 @@ def steps_from_text(text: str) -> Optional[list]:
     """Plan steps parsed from a planner's reply, or None if it holds no well-formed plan."""
     if not isinstance(text, str):
         return None
-    start = text.lower().find("<global_plan>")
+    start = text.find(open_tag(PLAN_TAG))  # tags are exact (agent.parser)
     res = parse_plan(text[start:] if start >= 0 else text)
     return list(res.plan) if res.ok and res.plan else None
 
@@ -135,7 +135,7 @@ class CheckpointPlans:
             hs = self.engine.start(ids, seeds=seeds)
             try:
                 res = self.engine.generate(hs, self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                           stop_token_ids=self.chat.end_of_turn_ids, stop_strings=(STOP_PLAN,))
+                                           stop_token_ids=self.chat.end_of_turn_ids, stop_strings=(PLAN_CLOSE,))
             finally:
                 self.engine.release(hs)
             out += [steps_from_text(self.chat.decode(r.tokens)) for r in res]

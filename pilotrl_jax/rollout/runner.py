@@ -17,7 +17,9 @@ How a rollout runs:
   on timing, so a rollout is deterministic given seeds (sampler seed per episode from
   (seed, task index, sample index); environments are deterministic given the task).
 - Token-in/token-out: the sampler is fed exactly `AgentEpisode.prompt_for_next()` and its sampled
-  ids go back unchanged; an episode's spans equal the tokens the sampler conditioned on.
+  ids go back unchanged; an episode's spans equal the tokens the sampler conditioned on. A plan
+  generation that ended on the end-of-turn token is followed by a new assistant header (a PROMPT
+  span the episode adds), so the executor's generation starts a new assistant message.
 - Endings: success / env_done / max_turns (AgentEpisode), budget (the next turn would not fit the
   episode's token budget, or a generation was cut by it), env_error (the env raised or its process
   died or hung), format_errors (max_format_errors malformed turns).

@@ -6,6 +6,9 @@ chunks; between chunks `StopStrings.find` decodes a short tail of each row's new
 the first token whose text completes a stop string; the row's tokens are cut right after that token
 (a token that completes the string and carries more text is kept whole: tokens are never split).
 Only text generated in the current `generate` call is searched (not the prompt or earlier turns).
+Matching is on text, not token ids, and exact (case-sensitive): the agent's tags are exact too
+(`agent.parser.STOP_STRINGS`), so the sampler stops on every closing tag the parser accepts and on
+nothing else (a `</Action>` is a format error there, not a stop).
 
 `trigger_table` marks tokens whose text contains the last character of some stop string (or a
 partial UTF-8 sequence); only such a token can complete a stop string, so the device loop returns

@@ -20,7 +20,7 @@ from pilotrl_jax.train import multihost
 
 def make_engine(ctx, params, rows: int, seed: int) -> SamplerEngine:
     """A sampler engine over `params` sized for `rows` episodes of the run's token budget."""
-    from pilotrl_jax.agent.tokenizer import STOP_STRINGS
+    from pilotrl_jax.agent.parser import STOP_STRINGS
 
     return SamplerEngine(ctx.model_cfg, multihost.sampler_params(ctx, params), max_batch=max(1, rows),
                          max_len=int(ctx.cfg.agent.token_budget), mesh=multihost.sampler_mesh(ctx), seed=seed, tokenizer=ctx.tokenizer, stop_strings=STOP_STRINGS)

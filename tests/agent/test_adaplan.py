@@ -434,3 +434,83 @@ def test_compact_prompt_episode_is_shorter_and_parses_the_same(tiny_tok):
     check_token_in_token_out(compact, fed, produced)
     with pytest.raises(ValueError, match="prompt style"):
         AgentEpisode(TASK, "adaplan", "static", None, tiny_tok, prompt_style="terse")
+
+
+@pytest.mark.parametrize("closing", ["</action>", "</Action>", "</ACTION>", "< /action>", "</action >",
+                                     "</global_plan>", "</Global_Plan>", "</ global_plan>"])
+def test_sampler_stops_exactly_where_the_parser_closes_a_turn(any_tok, closing):
+    """The stop strings the episode asks the sampler for, matched as the sampler matches them (on the
+    decoded tokens), stop a generation exactly when the parser accepts its closing tag; the kept tokens
+    end with the one that completed the tag and parse as the whole text does."""
+    from pilotrl_jax.agent.parser import parse_action, parse_plan
+    from pilotrl_jax.sampling.stops import StopStrings
+
+    ep = AgentEpisode(TASK, "adaplan", "every_step", None, any_tok)
+    ep.start("obs")
+    stops = ep.next_request().stop_strings  # the plan request: both closing tags
+    is_plan = "plan" in closing.lower()
+    head = "<global_plan>Step 1: look" if is_plan else "<thought>t</thought><action>look"
+    parse = parse_plan if is_plan else parse_action
+    ids = ep.chat.encode(head + closing + "\nThen more text.")
+    k = StopStrings(any_tok, stops).find(ids, 0)
+    assert (k is not None) == parse(head + closing).ok
+    if k is not None:  # the token-in/token-out cut: up to and including the token that completed the tag
+        assert closing in ep.chat.decode(ids[:k + 1]) and closing not in ep.chat.decode(ids[:k])
+        assert parse(ep.chat.decode(ids[:k + 1])).ok
+
+
+def test_requests_stop_on_the_parsers_closing_tags(tiny_tok):
+    """One definition of the tags: every request's stop strings are the parser's closing tags (and the
+    tokenizer module's copies of them agree)."""
+    from pilotrl_jax.agent import parser, tokenizer
+
+    assert parser.STOP_STRINGS == (parser.close_tag("action"), parser.close_tag("global_plan"))
+    assert parser.AGENT_TAGS == ("<global_plan>", "</global_plan>", "<thought>", "</thought>", "<action>", "</action>")
+    seen = set()
+    for replan in ("every_step", "on_demand"):
+        ep = AgentEpisode(TASK, "adaplan", replan, None, tiny_tok)
+        ep.start("obs")
+        seen.update(ep.next_request().stop_strings)
+        ep.add_policy_output(ep.chat.encode(prompts.plan_text(GOAL)))
+        seen.update(ep.next_request().stop_strings)
+    assert seen == set(parser.STOP_STRINGS)
+
+
+@pytest.mark.parametrize("plan", ["<global_plan>Step 1: go to desk 1", prompts.plan_text(GOAL)],
+                         ids=["unclosed", "closed"])
+@pytest.mark.parametrize("tok_name", ["tiny_tok", "llama_style_tok", "smollm2_tok"])
+def test_plan_that_ends_its_message_opens_a_new_assistant_message(tok_name, plan, request):
+    """A plan generation that ends on the end-of-turn token (unclosed, as a sampler stopping on EOS
+    leaves it, or closed and then ended) closed the assistant message: the template's new assistant
+    header follows as a PROMPT span, the executor writes in that new message, and the episode's tokens
+    are what the sampler saw and what the chat template renders for the conversation."""
+    tok = request.getfixturevalue(tok_name)
+    ep = AgentEpisode(TASK, "adaplan", "every_step", None, tok)
+    ep.start("obs")
+    eot = ep.chat.end_of_turn_ids[0]
+    fed = ep.prompt_for_next()
+    plan_ids = ep.chat.encode(plan) + [eot]
+    fed += plan_ids
+    t = ep.add_policy_output(plan_ids, [-1.0] * len(plan_ids))
+    assert t.kind == SpanKind.PLAN and t.env_action is None and t.format_error == ("</global_plan>" not in plan)
+    assert [s.kind for s in ep.spans] == [SpanKind.PROMPT, SpanKind.PLAN, SpanKind.PROMPT]
+    assert ep.spans[1].token_ids == plan_ids and ep.spans[1].logprobs == [-1.0] * len(plan_ids)
+    assert ep.next_request().kind == SpanKind.ACTION
+    header = ep.prompt_for_next()
+    assert header == ep.spans[2].token_ids and header and header[0] != eot  # the sampled closing is not repeated
+    fed += header
+    act = "<thought>Step 1.</thought><action>go to desk 1</action>"
+    act_ids = ep.chat.encode(act) + [eot]
+    fed += act_ids
+    t = ep.add_policy_output(act_ids)
+    assert t.kind == SpanKind.ACTION and t.env_action == "go to desk 1" and not t.format_error
+    ep.add_observation("You arrive at desk 1.")
+    fed += ep.prompt_for_next()
+    assert fed == ep.token_ids().tolist()
+    assert [s.kind for s in ep.spans] == [SpanKind.PROMPT, SpanKind.PLAN, SpanKind.PROMPT, SpanKind.ACTION,
+                                          SpanKind.OBSERVATION]
+    msgs = [{"role": "system", "content": prompts.system_prompt("alfworld", "adaplan", "every_step")},
+            {"role": "user", "content": prompts.task_message("alfworld", "obs", "adaplan", "every_step")},
+            {"role": "assistant", "content": plan}, {"role": "assistant", "content": act},
+            {"role": "user", "content": ep.spans[-1].text}]
+    assert ep.token_ids().tolist() == ep.chat.conversation_ids(msgs)

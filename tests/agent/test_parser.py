@@ -13,10 +13,25 @@ def test_plan_basic():
     assert r.plan_numbering_ok
 
 
-def test_plan_tolerant_whitespace_case_and_numbering_styles():
-    r = parse_plan("  \n< GLOBAL_PLAN >\n  step 1 - find the key\n   under the mat\n2) open the door\n3. leave\n</Global_Plan>\n")
+def test_plan_tolerant_whitespace_and_numbering_styles():
+    r = parse_plan("  \n<global_plan>\n  step 1 - find the key\n   under the mat\n2) open the door\n3. leave\n</global_plan>\n")
     assert r.ok, r.error
     assert r.plan == ("find the key under the mat", "open the door", "leave")
+
+
+@pytest.mark.parametrize("bad, exact", [("</Action>", "</action>"), ("</ACTION>", "</action>"),
+                                        ("< /action>", "</action>"), ("</action >", "</action>"),
+                                        ("<Thought>", "<thought>"), ("</Global_Plan>", "</global_plan>")])
+def test_tags_are_exact_and_a_miswritten_tag_is_named(bad, exact):
+    """Tags are exact (the sampler stops only on exact closing tags): another case or blanks inside the
+    brackets is a format error whose reason names the tag and its exact form."""
+    turn = "<thought>t</thought><action>look</action>".replace(exact, bad)
+    plan = "<global_plan>Step 1: look</global_plan>".replace(exact, bad)
+    text, parse = (plan, parse_plan) if "plan" in exact else (turn, parse_action)
+    assert bad in text
+    r = parse(text)
+    assert not r.ok and repr(bad) in r.error and f"write {exact}" in r.error
+    assert parse(text.replace(bad, exact)).ok
 
 
 def test_plan_numbering_reported_not_error():
@@ -50,7 +65,7 @@ def test_plan_errors(text, reason):
 
 
 def test_action_basic_and_whitespace():
-    r = parse_action("\n<thought> According to Step 2, open it. </thought>\n\n<ACTION> open  fridge 1\n</Action>")
+    r = parse_action("\n<thought> According to Step 2, open it. </thought>\n\n<action> open  fridge 1\n</action>")
     assert r.ok, r.error
     assert r.thought == "According to Step 2, open it."
     assert r.action == "open fridge 1"

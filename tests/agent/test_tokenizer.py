@@ -3,9 +3,8 @@ import re
 
 import pytest
 
+from pilotrl_jax.agent.parser import AGENT_TAGS, STOP_STRINGS
 from pilotrl_jax.agent.tokenizer import (
-    AGENT_TAGS,
-    STOP_STRINGS,
     ChatTokenizer,
     build_word_tokenizer,
     load_tokenizer,

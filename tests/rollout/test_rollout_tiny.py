@@ -137,6 +137,28 @@ def test_statuses_env_done_max_turns_budget_format_errors(tiny_tok, tiny_tasks):
     assert b.statuses == ["format_errors"] * 2 and all(e.format_errors == 3 for e in b.episodes)
 
 
+def test_plan_ending_on_eos_continues_in_a_new_assistant_message(tiny_tok, tiny_tasks):
+    """A plan generation that ends on the end-of-turn token (no </global_plan>) closed the assistant message:
+    the executor's generation starts a new one (the template's header, a PROMPT span); the spans keep their
+    kinds and equal the tokens the policy was fed and wrote (the runner's verify_tokens check)."""
+    eos = tiny_tok.convert_tokens_to_ids("<|im_end|>")
+
+    def turn(ctx):
+        if ctx.request.kind == SpanKind.PLAN:
+            return ctx.episode.chat.encode("<global_plan>Step 1: look") + [eos]
+        return "<thought>Step 1.</thought><action>look</action>"
+
+    b = collect(tiny_tasks[:1], ForcedPolicy(turn, needs_expert=False), _envs(1), tiny_tok, max_turns=2,
+                progress=False)
+    e = b.episodes[0]
+    assert e.status == "max_turns" and e.num_turns == 2 and e.format_errors == 2  # the two unclosed plans
+    P, A, O, H = SpanKind.PLAN, SpanKind.ACTION, SpanKind.OBSERVATION, SpanKind.PROMPT
+    assert [s.kind for s in e.spans] == [H, P, H, A, O, P, H, A]
+    text = tiny_tok.decode([t for s in e.spans for t in s.token_ids], skip_special_tokens=False)
+    assert text.count("Step 1: look<|im_end|>\n<|im_start|>assistant\n<thought>") == 2
+    assert e.spans[2].text == "\n<|im_start|>assistant\n" and e.spans[2].logprobs is None  # template, not policy
+
+
 def test_reset_failure_is_an_empty_env_error_row(tiny_tok, tiny_tasks):
     import dataclasses
 

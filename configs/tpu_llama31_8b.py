@@ -15,9 +15,10 @@ Batch geometry (one RL step; the paper's numbers):
 - Sampling is host-local: each host holds a bfloat16 copy of the policy (16 GiB, 4 GiB per chip, heads
   over its 4 chips) and rollout.max_batch = 32 episodes at once (per host; 128 over the slice): KV cache
   [32 layers, 32, 16384, 8, 128] in bf16 = 128 KiB per token, 2 GiB per episode, 64 GiB per host =
-  16 GiB per chip (kv heads over the 4 chips); a host's 1024 episodes run in 32 waves. The worst-case
-  prefill chunk (256 tokens x 32 rows at the full 16K window) writes a new copy of the cache (scanned
-  layers), so 64 rows per host would not fit (`python -m pilotrl_jax.aot` checks it).
+  16 GiB per chip (kv heads over the 4 chips); a host's 1024 episodes run in 32 waves. The cache and the
+  copy stay in HBM for the whole stage, beside the PPO step too: `python -m pilotrl_jax.aot` measures
+  that step at 16K tokens at 50.0 GiB per chip (53%) and the worst-case prefill (256 tokens x 32 rows at
+  the full window) at 29.5 GiB; the memory plan estimates 64 rows per host at 63 GiB (not compiled).
 - The PPO batch is padded to a power-of-two length (aot.seq_buckets: 4096, 8192, 16384), so the step
   compiles at most 3 times. rl.num_mini_batches = 4 optimizer updates of 64 tasks (1024 rows) each;
   each mini-batch is cut into rl.num_micro_batches = 256 micro-batches of 4 rows (one per data*fsdp
@@ -80,6 +81,6 @@ def get_config(arg: str = ""):
     c.checkpoint.keep = 2
     c.tpu = dict(slice="v5p-32", topology="v5p:2x2x4", accelerator_type="v5p-32",
                  runtime_version="v2-alpha-tpuv5", zone="us-east5-a")
-    # prefill/decode chunks: the SamplerEngine defaults the trainer uses (it does not set them)
-    c.aot = dict(seq_buckets=(4096, 8192, 16384), prefill_chunk=256, decode_chunk=64, max_hbm_fraction=0.9)
+    # the sampler's prefill/decode chunks are the engine's own, as the trainer runs them (train.shapes)
+    c.aot = dict(seq_buckets=(4096, 8192, 16384), max_hbm_fraction=0.9)
     return c

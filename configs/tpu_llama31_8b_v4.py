@@ -16,7 +16,8 @@ Batch geometry (one RL step; the paper's numbers, as on v5p):
 - Sampling is host-local over a host's 4 chips (tensor 8 does not divide 4, so the host copy is
   sharded fsdp 4): a bfloat16 copy of the policy (4 GiB per chip) and rollout.max_batch = 16
   episodes per host (128 over the slice): KV cache 16 x 16384 tokens x 128 KiB = 32 GiB per host,
-  8 GiB per chip; the worst-case prefill writes a second copy of it, which is what bounds the rows.
+  8 GiB per chip, kept beside the PPO step for the whole stage: the memory plan (an estimate) puts the
+  update phase at 28.1 GiB per chip against 28.8 (90% of 32 GiB), so 32 rows would not fit.
   A host's 512 episodes run in 32 waves.
 """
 import os

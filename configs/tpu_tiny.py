@@ -20,5 +20,5 @@ def get_config(arg: str = ""):
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 2
     c.tpu = dict(slice="v5litepod-4", topology="v5e:2x2", accelerator_type="v5litepod-4",
                  runtime_version="v2-alpha-tpuv5-lite", zone="us-west4-a")
-    c.aot = dict(seq_buckets=(64, 128), prefill_chunk=32, decode_chunk=8, max_hbm_fraction=0.9)
+    c.aot = dict(seq_buckets=(64, 128), max_hbm_fraction=0.9)  # sampler chunks: the engine's own (train.shapes)
     return c

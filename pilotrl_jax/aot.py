@@ -3,19 +3,28 @@
     python -m pilotrl_jax.aot --config configs/tpu_llama31_8b.py --topology v5p:2x2x4
 
 compiles, with abstract inputs only (`jax.ShapeDtypeStruct` carrying the rules-table shardings; no
-weights are read or allocated), at the shapes the trainer (`python -m pilotrl_jax.train`) would use
-for the config's first RL stage (or --stage): rollout.tasks_per_step x group_size rows, rl mini- and
-micro-batches, rollout.max_batch sampler rows, agent.token_budget tokens, config.mesh:
-- the PPO step (`rl.ppo.make_ppo_step`) for every sequence bucket (or those given by --buckets),
+weights are read or allocated), at the shapes the trainer (`python -m pilotrl_jax.train`) runs for
+the config's first RL stage (or --stage), every one derived with the trainer's own functions
+(`pilotrl_jax.train.shapes`): tasks_per_step x group_size rows, rl mini- and micro-batches, PPO batch
+lengths as the trainer pads them (`trainer.seq_bucket`: powers of two, or multiples of
+rollout.pad_multiple), the sampler engines `train.evaluation.make_engine` builds (their own prefill and
+decode chunks), config.mesh:
+- the PPO step (`rl.ppo.make_ppo_step`) for each batch length (config.aot.seq_buckets, else the
+  buckets of 1/4, 1/2 and all of agent.token_budget; --buckets picks some),
 - the old/reference log-prob forward (`rl.ppo.make_logprob_fn`) and, with a critic, the value forward,
-- the sampler's prefill and decode steps (`sampling.engine._prefill` / `_decode`) at the worst case
-  (every cache row, the whole cache window). On a multi-host slice the sampler is host-local (as the
-  trainer runs it, `pilotrl_jax.train.multihost`): it is compiled over one host's chips with that
-  host's share of the rows (rollout.max_batch is per host), its own copy of the params, and the
-  whole train-state shard resident beside it,
-and prints per chip: memory (`compiled.memory_analysis()`: arguments, outputs, temps), the optimizer
-state kept in HBM beside the sampler/forwards, the peak against the chip's HBM, FLOPs (analytic, and
-`compiled.cost_analysis()`), tokens per call, and whether it fits under `--max-hbm-fraction`.
+- the sampler's prefill and decode steps (`sampling.engine._prefill` / `_decode`) at their worst case
+  (every cache row, the whole window, the largest prefill chunk), for the rollout engine (its rows:
+  rollout.max_batch, or what the memory plan derives when it is 0, at the rollout's sampling settings)
+  and for the held-out evaluation's engine (its rows and eval.temperature / eval.top_p). On a
+  multi-host slice the sampler is host-local (as the trainer runs it, `pilotrl_jax.train.multihost`):
+  it is compiled over one host's chips with that host's share of the rows (rollout.max_batch is per
+  host), its own copy of the params, and the whole train-state shard resident beside it,
+and prints per chip: memory (`compiled.memory_analysis()`: arguments, outputs, temps), what stays
+resident beside each function (the optimizer state beside the forwards and the sampler; the rollout
+engine's KV cache and params copy beside the PPO step and the forwards, since the trainer keeps them
+for the whole stage), the peak against the chip's HBM, FLOPs (analytic, and
+`compiled.cost_analysis()`), tokens per call, and whether it fits under `--max-hbm-fraction`. The
+memory plan's estimate (`pilotrl_jax.train.memory_plan`) is printed beside the table.
 The model comes from `config.model.hf_config` (an HF config dict), else `config.model.path`.
 
 Needs `pip install 'libtpu==0.0.42.*'` (the version jax[tpu]==0.10.2 pins; 0.0.42.1 tested) so JAX can compile for TPU without one.
@@ -33,16 +42,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
-GIB = 1024 ** 3
+from pilotrl_jax.train.memory_plan import DEVICE_MEMORY, GIB
 
-# HBM per chip (bytes) by `device.device_kind`.
-HBM_BYTES = {
-    "TPU v4": 32 * GIB,
-    "TPU v5 lite": 16 * GIB,   # v5e
-    "TPU v5": 95 * GIB,        # v5p
-    "TPU v5p": 95 * GIB,
-    "TPU v6 lite": 32 * GIB,   # v6e (Trillium)
-    "TPU v6e": 32 * GIB,
+# Config keys this check once had for settings the trainer decides elsewhere: refused by name.
+_RETIRED_AOT_KEYS = {
+    "prefill_chunk": "the trainer's sampler engines use SamplerEngine's own prefill_chunk",
+    "decode_chunk": "the trainer's sampler engines use SamplerEngine's own decode_chunk",
 }
 
 # Peak dense bf16 FLOP/s per chip by device kind (for the ideal-time column).
@@ -97,26 +102,14 @@ def _aot(cfg, key: str, default):
 
 
 def model_config(cfg, **overrides):
-    """LlamaConfig for the run: `model.hf_config` (an HF config dict in the config file), else the
-    model directory's config.json (`model.path`), else the tiny fields (`model.source='tiny'`)."""
-    from pilotrl_jax.models.config import LlamaConfig, run_config_overrides
+    """LlamaConfig for the run (`train.shapes.model_config`): `model.path`'s config.json when it exists,
+    else `model.hf_config` (an HF config dict in the config file), or the tiny fields (`model.source='tiny'`)."""
+    from pilotrl_jax.train import shapes
 
-    m = cfg.model
-    ours = run_config_overrides(m)
-    ours.update(overrides)
-    hf = m.get("hf_config")
-    if hf:
-        return LlamaConfig.from_hf_dict(_plain(hf), **ours)
-    if m.get("source") == "tiny":
-        return LlamaConfig(vocab_size=int(cfg.tokenizer.vocab_size), hidden_size=int(m.hidden_size),
-                           intermediate_size=int(m.intermediate_size), num_layers=int(m.num_layers),
-                           num_heads=int(m.num_heads), num_kv_heads=int(m.num_kv_heads), head_dim=int(m.head_dim),
-                           max_position_embeddings=max(4096, int(cfg.agent.token_budget)), **ours)
-    path = os.path.join(str(m.get("path", "")), "config.json")
-    if not os.path.isfile(path):
-        raise AOTError(f"config.model has no hf_config and {path!r} does not exist; add the model's HF config "
-                       "dict as config.model.hf_config (see configs/tpu_llama31_8b.py)")
-    return LlamaConfig.from_json_file(path, **ours)
+    try:
+        return shapes.model_config(cfg, **overrides)
+    except FileNotFoundError as e:
+        raise AOTError(str(e)) from None
 
 
 def rl_stages(cfg) -> list:
@@ -161,38 +154,87 @@ def ppo_config(cfg, stage: Optional[str] = None):
 
 
 def seq_buckets(cfg) -> list:
-    """PPO batch lengths to compile: config.aot.seq_buckets, else powers of two up to the token budget."""
-    budget = int(cfg.agent.token_budget)
+    """PPO batch lengths to compile: config.aot.seq_buckets, else the trainer's buckets of 1/4, 1/2 and
+    all of agent.token_budget (`train.shapes.seq_lengths`: powers of two, or multiples of rollout.pad_multiple)."""
+    from pilotrl_jax.train import shapes
+
     got = _aot(cfg, "seq_buckets", None)
     if got:
         return [int(b) for b in got]
-    out, b = [], 1 << max(4, (budget - 1).bit_length() - 2)
-    while b < budget:
-        out.append(b)
-        b *= 2
-    return out + [b]
+    return shapes.seq_lengths(cfg)
 
 
 def check_geometry(cfg, stage: Optional[str] = None) -> None:
-    """Raise AOTError naming the field when buckets, budget and micro-batches do not line up."""
+    """Raise AOTError naming the field when buckets, budget and micro-batches do not line up with the trainer."""
+    from pilotrl_jax.train import shapes
+
+    retired = sorted(k for k in _RETIRED_AOT_KEYS if k in (cfg.get("aot") or {}))
+    if retired:
+        k = retired[0]
+        raise AOTError(f"config.aot.{k} is not read: {_RETIRED_AOT_KEYS[k]} (train.shapes.engine_chunks: "
+                       f"{shapes.engine_chunks()}), so the check compiles those; remove config.aot.{k}")
     b = seq_buckets(cfg)
     if b != sorted(b) or len(set(b)) != len(b):
         raise AOTError(f"config.aot.seq_buckets={tuple(b)} must be strictly increasing")
-    budget = int(cfg.agent.token_budget)
-    if b[-1] < budget:
-        raise AOTError(f"the largest bucket {b[-1]} is shorter than agent.token_budget={budget}; add a bucket "
-                       "to config.aot.seq_buckets or lower the budget")
+    budget, longest, bucket = int(cfg.agent.token_budget), shapes.longest_seq_len(cfg), shapes.seq_bucket(cfg)
+    how = "powers of two" if bucket == "pow2" else f"multiples of rollout.pad_multiple={bucket}"
+    odd = [x for x in b if not shapes.is_seq_len(cfg, x)]
+    if odd:
+        raise AOTError(f"config.aot.seq_buckets has {odd}, which the trainer never pads a PPO batch to (it pads to "
+                       f"{how}, at most {longest} for agent.token_budget={budget}); use lengths such as "
+                       f"{shapes.seq_lengths(cfg)}")
+    if b[-1] != longest:
+        raise AOTError(f"the largest bucket {b[-1]} is not the trainer's longest PPO batch {longest} "
+                       f"(agent.token_budget={budget} padded to {how}); add {longest} to config.aot.seq_buckets "
+                       "or lower the budget")
     ppo_config(cfg, stage)
 
 
-def sampler_rows(cfg, stage: Optional[str] = None, hosts: int = 1) -> int:
-    """Episodes one host's sampler holds at once: rollout.max_batch (0 = all of the host's rows of a
-    step: its share of the tasks x group size), as the trainer does."""
-    st = stage_settings(cfg, stage)
-    tasks = -(-int(st.tasks_per_step) // int(hosts))  # the largest host share
-    rows = tasks * int(st.group_size)
-    mb = int(cfg.rollout.get("max_batch", 0) or 0)
-    return min(rows, mb) if mb else rows
+def sampler_rows(cfg, stage: Optional[str] = None, hosts: int = 1, max_batch: Optional[int] = None) -> int:
+    """Episodes one host's rollout engine holds at once, as the trainer sizes it (`train.shapes.rollout_rows`):
+    rollout.max_batch (or `max_batch`; 0 = all of the host's rows of a step: its share of the tasks x group size)."""
+    from pilotrl_jax.train import shapes
+
+    return shapes.rollout_rows(cfg, stage_settings(cfg, stage), hosts, max_batch)
+
+
+def sampler_shapes(cfg, stage: Optional[str] = None, hosts: int = 1, row_shards: int = 1,
+                   max_batch: Optional[int] = None) -> list:
+    """The trainer's sampler engines at their worst case (`train.shapes.SamplerShape`): the rollout engine and
+    the stage-end evaluation's, on one host whose sampler mesh splits rows `row_shards` ways."""
+    from pilotrl_jax.train import shapes
+
+    rollout = shapes.sampler_shape(cfg, "rollout", sampler_rows(cfg, stage, hosts, max_batch), row_shards)
+    ev = shapes.sampler_shape(cfg, "eval", shapes.eval_rows(cfg, hosts), row_shards)
+    same = (ev.batch, ev.rows, ev.mode) == (rollout.batch, rollout.rows, rollout.mode)
+    return [rollout] if same else [rollout, ev]
+
+
+def memory_plan(cfg, stage: Optional[str], devices, hbm: int):
+    """The trainer's memory plan of the stage on these chips (`train.memory_plan.plan_stage`), or None when
+    config.rollout.memory_budget_gib turns it off."""
+    from pilotrl_jax.train import memory_plan as MP
+
+    dev = MP.Devices(count=len(devices), hosts=num_hosts(devices), memory=hbm, kind=devices[0].device_kind,
+                     source=f"{devices[0].device_kind} HBM")
+    limit, _ = MP.budget(cfg, dev)
+    if not limit:
+        return None
+    return MP.plan_stage(cfg, stage_settings(cfg, stage), model_config(cfg), dev, limit)
+
+
+def plan_summary(p) -> str:
+    """One paragraph: the memory plan's per-chip estimate of each phase, and its fixes when it does not fit."""
+    from pilotrl_jax.train.memory_plan import gib
+
+    if p is None:
+        return "memory plan: off (config.rollout.memory_budget_gib < 0)"
+    e = p.estimate
+    text = (f"memory plan (analytic estimate, budget {gib(p.budget)}/chip): rollout {gib(e.total('rollout'))}, update "
+            f"{gib(e.total('update'))}, eval {gib(e.total('eval'))} per chip at {p.geometry.sampler_rows} rollout rows")
+    if p.max_batch:
+        text += f" (rollout.max_batch=0 -> {p.max_batch}, as the trainer derives it)"
+    return text + "".join(f"\n  - does not fit: {f}" for f in p.fixes)
 
 
 # ----------------------------------------------------------------------------- topology
@@ -243,9 +285,10 @@ def topology_devices(name: str) -> list:
 def hbm_bytes(device) -> int:
     """HBM per chip for a TPU device kind (from a table; raise naming the kind if unknown)."""
     kind = device.device_kind
-    if kind not in HBM_BYTES:
-        raise AOTError(f"unknown TPU device kind {kind!r}; add its HBM to HBM_BYTES in pilotrl_jax/aot.py")
-    return HBM_BYTES[kind]
+    if kind not in DEVICE_MEMORY:
+        raise AOTError(f"unknown TPU device kind {kind!r}; add its HBM to DEVICE_MEMORY in "
+                       "pilotrl_jax/train/memory_plan.py")
+    return DEVICE_MEMORY[kind]
 
 
 def topology_mesh(cfg, devices):
@@ -369,7 +412,7 @@ class Row:
     outputs: int = 0
     alias: int = 0
     temps: int = 0
-    resident: int = 0  # train state kept in HBM beside this function (0 for the PPO step: it is an argument)
+    resident: int = 0  # what the trainer keeps in HBM beside this function (train state, sampler engine, ...)
     flops: float = 0.0  # HLO cost analysis, per chip (loop bodies counted once)
     model_flops: float = 0.0  # analytic, whole call, all chips (see model_flops_per_token)
     compile_s: float = 0.0
@@ -485,7 +528,7 @@ def _sampler_inputs(model_cfg, mesh, B: int, W: int, params_dtype=None):
     return dcfg, abstract_params(dcfg, mesh, params_dtype), cache
 
 
-def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int, params_dtype=None) -> Row:
+def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int, params_dtype=None, label: str = "") -> Row:
     """Compile one sampler prefill chunk over every cache row (B) at the full window (W)."""
     import jax.numpy as jnp
     from pilotrl_jax.sampling import engine
@@ -494,13 +537,13 @@ def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int, params_dtype=No
     C = engine.pow2_bucket(int(chunk), engine.MIN_PREFILL)
     s = _row_sharding(mesh, B, 2)
     ids, pos = _sds((B, C), jnp.int32, s), _sds((B, C), jnp.int32, s)
-    row = Row(f"prefill C={C}", f"B={B} W={W}", B * C, chips=int(mesh.devices.size))
+    row = Row(f"{label}prefill C={C}", f"B={B} W={W}", B * C, chips=int(mesh.devices.size))
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
     return _analyse(row, engine._prefill.lower(dcfg, params, cache, ids, pos, mesh=mesh))
 
 
 def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0, params_dtype=None) -> Row:
+                   top_p: float = 1.0, params_dtype=None, label: str = "") -> Row:
     """Compile the sampler's decode loop (`chunk` steps) over every cache row (B) at the full window (W)."""
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -517,7 +560,7 @@ def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: flo
     scalar = _sds((), jnp.int32, rep)
     mode = filters.mode_for(float(temperature), int(top_k), float(top_p))
     chunk = int(chunk)
-    row = Row(f"decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk, chips=int(mesh.devices.size))
+    row = Row(f"{label}decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk, chips=int(mesh.devices.size))
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
     return _analyse(row, engine._decode.lower(dcfg, params, cache, state, table, table, sampling, scalar, scalar,
                                               mode=mode, chunk=chunk, mesh=mesh))
@@ -532,9 +575,24 @@ def _row_sharding(mesh, rows: int, ndim: int = 1):
 # ----------------------------------------------------------------------------- driver
 
 
+def kv_cache_bytes_per_chip(model_cfg, mesh, rows: int, window: int) -> int:
+    """Per-chip bytes of a sampler engine's KV cache of `rows` rows (`sampling.engine.cache_structure`)."""
+    from pilotrl_jax import sharding as sh
+    from pilotrl_jax.models import llama
+    from pilotrl_jax.sampling import engine
+
+    cache = engine.cache_structure(engine.decode_config(model_cfg), rows, window, llama.dtype_of(model_cfg.dtype),
+                                   lambda shape, d, axes: _sds(shape, d, sh.named_sharding(mesh, axes, shape)))
+    return tree_bytes_per_chip(cache)
+
+
 def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequence[str] = ("ppo", "ref", "sampler"),
         stage: Optional[str] = None, log=print) -> tuple[list, dict]:
     """Compile the config's functions for `topology`; returns (rows, info) for `format_table`."""
+    from pilotrl_jax.models import llama
+    from pilotrl_jax.sampling import engine
+    from pilotrl_jax.train import shapes
+
     check_geometry(cfg, stage)
     devices = topology_devices(topology)
     mesh = topology_mesh(cfg, devices)
@@ -550,37 +608,54 @@ def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequ
         raise AOTError(f"--buckets {bad} are not among the config's buckets {tuple(all_buckets)} (config.aot.seq_buckets)")
     state_bytes = tree_bytes_per_chip(abstract_train_state(mc, pc, mesh))
     param_bytes = tree_bytes_per_chip(abstract_params(mc, mesh))
-    # The trainer samples and computes old/ref log-probs with the train state's own params, so beside
-    # those functions (whose arguments hold the params) the rest of the state stays in HBM.
-    resident = state_bytes - param_bytes
     hosts = num_hosts(devices)
     smesh = sampler_mesh(cfg, devices, topology)
-    # the sampler holds its own copy of the params on several hosts, and on one host when the model
-    # scans its layers (it decodes with a per-layer copy): then the whole train-state shard stays
-    s_resident = resident if hosts == 1 and not mc.scan_layers else state_bytes
-    from pilotrl_jax.models import llama
-
-    s_dtype = None if hosts == 1 else llama.dtype_of(mc.dtype)  # the host copy is in the compute dtype
-    B, W = sampler_rows(cfg, stage, hosts), int(cfg.agent.token_budget)
+    # the sampler holds its own copy of the params on several hosts (in the compute dtype), and on one
+    # host when the model scans its layers (it decodes with a per-layer copy)
+    s_dtype = None if hosts == 1 else llama.dtype_of(mc.dtype)
+    copy = hosts > 1 or mc.scan_layers
+    copy_bytes = tree_bytes_per_chip(abstract_params(engine.decode_config(mc), smesh, s_dtype)) if copy else 0
+    plan = memory_plan(cfg, stage, devices, hbm)
+    shapes_ = sampler_shapes(cfg, stage, hosts, smesh.shape["data"] * smesh.shape["fsdp"],
+                             plan.max_batch if plan is not None else None)
+    roll = shapes_[0]
+    roll_cache = kv_cache_bytes_per_chip(mc, smesh, roll.rows, roll.window)
+    every = int(cfg.eval.get("every", 0) or 0)
+    during = shapes.eval_rows(cfg, hosts, group_size=1) if every > 0 else 0  # evaluations inside the stage
+    during_cache = kv_cache_bytes_per_chip(mc, smesh, during, roll.window) if during else 0
+    # Beside the PPO step and the log-prob forward (which use the train state's params) the trainer keeps
+    # the rollout engine (its KV cache and params copy), the reference params (KL), and in the forwards
+    # the rest of the train state; beside a sampler call, the whole train state (or, without a params
+    # copy, all of it but the params its arguments hold).
+    engine_bytes = roll_cache + copy_bytes + during_cache
+    ref_bytes = param_bytes if pc.needs_ref else 0
+    ppo_resident = engine_bytes + ref_bytes
+    fwd_resident = state_bytes - param_bytes + engine_bytes + ref_bytes
+    s_resident = (state_bytes if copy else state_bytes - param_bytes) + ref_bytes
     info = dict(topology=topology_name(topology), chips=len(devices), kind=devices[0].device_kind, hbm=hbm,
                 mesh=dict(mesh.shape), model=_param_count(mc.num_params), state_bytes=state_bytes,
                 rollouts=rows, name=f"stage {st.name}", hosts=hosts, sampler_mesh=dict(smesh.shape),
-                sampler_rows=B)
+                sampler_rows=roll.rows, engine_bytes=engine_bytes, plan=plan_summary(plan))
     jobs = []
     for T in wanted:
         if "ppo" in parts:
-            jobs.append(lambda T=T: compile_ppo_step(mc, pc, mesh, rows, T))
+            jobs.append(lambda T=T: _with_resident(compile_ppo_step(mc, pc, mesh, rows, T), ppo_resident))
         if "ref" in parts:
-            jobs.append(lambda T=T: _with_resident(compile_logprobs(mc, pc, mesh, rows, T), resident))
+            jobs.append(lambda T=T: _with_resident(compile_logprobs(mc, pc, mesh, rows, T), fwd_resident))
         if "critic" in parts or (pc.use_critic and "ref" in parts):
-            jobs.append(lambda T=T: _with_resident(compile_values(mc, pc, mesh, rows, T), resident))
+            jobs.append(lambda T=T: _with_resident(compile_values(mc, pc, mesh, rows, T), fwd_resident))
     if "sampler" in parts:
-        r = cfg.rollout
-        jobs.append(lambda: _with_resident(compile_prefill(mc, smesh, B, W, _aot(cfg, "prefill_chunk", 256),
-                                                           s_dtype), s_resident))
-        jobs.append(lambda: _with_resident(compile_decode(mc, smesh, B, W, _aot(cfg, "decode_chunk", 64),
-                                                          float(r.temperature), int(r.top_k), float(r.top_p),
-                                                          s_dtype), s_resident))
+        for sh_ in shapes_:
+            label = "" if sh_.role == "rollout" else "eval "
+            # the cache rows beyond the call's (a gathered sub-batch) and the other engine's cache stay
+            extra = (kv_cache_bytes_per_chip(mc, smesh, sh_.rows, sh_.window) if sh_.batch != sh_.rows else 0) + (
+                during_cache if sh_.role == "rollout" else roll_cache if every > 0 else 0)
+            jobs.append(lambda sh_=sh_, label=label, extra=extra: _with_resident(
+                compile_prefill(mc, smesh, sh_.batch, sh_.window, sh_.prefill_chunk, s_dtype, label),
+                s_resident + extra))
+            jobs.append(lambda sh_=sh_, label=label, extra=extra: _with_resident(
+                compile_decode(mc, smesh, sh_.batch, sh_.window, sh_.decode_chunk, sh_.temperature, sh_.top_k,
+                               sh_.top_p, s_dtype, label), s_resident + extra))
     out = []
     for job in jobs:
         row = job()
@@ -621,7 +696,7 @@ def format_table(rows: Sequence[Row], info: dict, fraction: float = 0.9) -> str:
         head += (f"; {info['hosts']} hosts, each sampling on its own {math.prod(info['sampler_mesh'].values())} chips "
                  f"(mesh {info['sampler_mesh']}, {info['sampler_rows']} rows)")
     peak = PEAK_FLOPS.get(info["kind"], 0.0)
-    cols = ["function", "shape", "args", "outputs", "donated", "temps", "+state", "peak/chip", "% HBM",
+    cols = ["function", "shape", "args", "outputs", "donated", "temps", "+resident", "peak/chip", "% HBM",
             f"fits (<{fraction:.0%})", "tokens/call", "model TFLOP/chip", "ideal s", "HLO TFLOP/chip", "compile s"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -636,12 +711,16 @@ def format_table(rows: Sequence[Row], info: dict, fraction: float = 0.9) -> str:
                     "yes" if r.fits(fraction) else "NO"] + common + [f"{r.flops / 1e12:.2f}", f"{r.compile_s:.0f}"]
         lines.append("| " + " | ".join(vals) + " |")
     lines.append("")
-    lines.append("peak = args + out - alias (donated) + temps + state (the optimizer state that stays in HBM "
-                 "beside the log-prob forward and the sampler, which use the policy params themselves; on several "
-                 "hosts the sampler uses its own params copy and the whole train-state shard stays); "
+    lines.append("peak = args + out - alias (donated) + temps + resident (what the trainer keeps in HBM beside "
+                 "the function: beside the PPO step and the log-prob forward, the rollout engine's KV cache and params "
+                 "copy (the trainer keeps them for the whole stage), the KL reference params, and beside the forward "
+                 "the optimizer state; beside a sampler call the train state (all but the params its arguments hold "
+                 "when it has no copy of its own) and, with eval.every > 0, the other engine's cache); "
                  "model FLOPs = tokens x (2 N_matmul + 4 L T H Dh), x3 "
                  "for training, no remat recompute; ideal s = model FLOPs per chip / peak bf16 FLOP/s; HLO FLOPs "
                  "(cost_analysis) count each loop body once (scans over epochs, mini/micro-batches and layers).")
+    if info.get("plan"):
+        lines += ["", info["plan"]]
     return "\n".join(lines)
 
 

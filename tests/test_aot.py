@@ -27,12 +27,17 @@ def test_cli_compiles_tiny_config_for_v5e_2x2():
     assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| function")]
     names = [r.split("|")[1].strip() for r in rows]
-    assert names == ["ppo_step T=64", "logprobs T=64", "prefill C=32", "decode x8 (sample)"]
+    # the sampler at the trainer's own chunks (the engine's: prefill up to 256 tokens, here the 128-token
+    # window; 64 decode steps), for the rollout engine and the held-out evaluation's (eval.temperature/top_p)
+    assert names == ["ppo_step T=64", "logprobs T=64", "prefill C=128", "decode x64 (sample)",
+                     "eval prefill C=128", "eval decode x64 (filtered)"]
     for r in rows:
         cells = [c.strip() for c in r.split("|")[1:-1]]
         assert cells[9] == "yes", r  # fits
     ppo_cells = [c.strip() for c in rows[0].split("|")[1:-1]]
     assert ppo_cells[10] == f"{16 * 64:,}"  # tokens: 4 tasks x 4 rollouts x 64
+    assert ppo_cells[6] != "0.0 KiB"  # the rollout engine's cache and params copy stay beside the PPO step
+    assert "memory plan (analytic estimate" in text
 
 
 def test_topology_names():
@@ -62,6 +67,7 @@ def test_fit_rule_and_table():
 def test_tiny_geometry_and_config_errors():
     cfg = aot.load_config(TINY)
     assert aot.rollouts_per_step(cfg) == 16 and aot.sampler_rows(cfg) == 8 and aot.seq_buckets(cfg) == [64, 128]
+    aot.check_geometry(cfg)
     pc = aot.ppo_config(cfg)
     assert (pc.num_mini_batches, pc.num_micro_batches) == (2, 4)
     cfg.rl.num_micro_batches = 3
@@ -73,13 +79,14 @@ def test_tiny_geometry_and_config_errors():
         aot.ppo_config(cfg)
     cfg = aot.load_config(TINY)
     cfg.agent.token_budget = 1000
-    with pytest.raises(aot.AOTError, match="largest bucket 128 .* agent.token_budget=1000"):
+    with pytest.raises(aot.AOTError, match="largest bucket 128 is not the trainer's longest PPO batch 1024 "
+                                           "\\(agent.token_budget=1000"):
         aot.check_geometry(cfg)
     cfg = aot.load_config(TINY)
     with pytest.raises(aot.AOTError, match="not an RL stage"):
         aot.stage_settings(cfg, "sft")
     del cfg.aot["seq_buckets"]
-    assert aot.seq_buckets(cfg) == [32, 64, 128]  # powers of two up to the token budget
+    assert aot.seq_buckets(cfg) == [64, 128]  # the trainer's buckets of 1/4, 1/2, all of the budget (at least 64)
     with pytest.raises(aot.AOTError, match="no file"):
         aot.load_config("configs/nope.py")
 
@@ -149,7 +156,8 @@ def test_multi_host_topology_compiles_a_host_local_sampler():
     rows, info = aot.run(cfg, "v5e:2x4", parts=("sampler",), log=lambda s: None)
     assert info["hosts"] == 2 and info["chips"] == 8
     assert info["sampler_mesh"] == {"data": 1, "fsdp": 2, "tensor": 2} and info["sampler_rows"] == 8
-    assert [r.name for r in rows] == ["prefill C=32", "decode x8 (sample)"]
+    assert [r.name for r in rows] == ["prefill C=128", "decode x64 (sample)", "eval prefill C=128",
+                                      "eval decode x64 (filtered)"]
     assert all(not r.error and r.chips == 4 for r in rows)
     assert all(r.resident == info["state_bytes"] for r in rows)  # the whole train-state shard stays
     assert "2 hosts, each sampling on its own 4 chips" in aot.format_table(rows, info)
@@ -157,3 +165,122 @@ def test_multi_host_topology_compiles_a_host_local_sampler():
     rows1, info1 = aot.run(aot.load_config(TINY), "v5e:2x2", parts=("sampler",), log=lambda s: None)
     assert info1["hosts"] == 1 and info1["sampler_mesh"] == info1["mesh"] and info1["sampler_rows"] == 8
     assert all(r.chips == 4 for r in rows1)
+
+
+# ----------------------------------------------------------------------------- aot's shapes are the trainer's
+
+
+def _episode(n_tokens: int):
+    """A finished episode of `n_tokens` tokens (what the trainer pads into a PPO batch)."""
+    from pilotrl_jax.agent.spans import Span, SpanKind
+    from pilotrl_jax.rollout.batch import EpisodeResult
+
+    return EpisodeResult(task_id="t", group_id=0, sample=0, seed=0, status="budget", score=0.0, won=False,
+                         format_errors=0, num_turns=1, spans=[Span(SpanKind.PROMPT, [1] * n_tokens)])
+
+
+def _trainer_batch_len(cfg, n_tokens: int) -> int:
+    """The length the trainer pads a PPO batch to when its longest episode has `n_tokens` tokens."""
+    from pilotrl_jax.rollout.batch import RolloutBatch
+    from pilotrl_jax.train import trainer
+
+    return RolloutBatch([_episode(n_tokens)]).to_arrays(trainer.seq_bucket(cfg))["input_ids"].shape[1]
+
+
+def test_ppo_lengths_are_the_trainers_with_pad_multiple():
+    cfg = aot.load_config(TINY)
+    del cfg.aot["seq_buckets"]
+    cfg.agent.token_budget, cfg.rollout.pad_multiple = 1000, 48
+    longest = _trainer_batch_len(cfg, 1000)  # an episode that fills the token budget
+    assert longest == 1008 and aot.seq_buckets(cfg)[-1] == longest
+    for b in aot.seq_buckets(cfg):
+        assert _trainer_batch_len(cfg, b) == b  # every compiled length is one the trainer pads to
+    aot.check_geometry(cfg)
+    cfg.aot["seq_buckets"] = (512, 1024)
+    with pytest.raises(aot.AOTError, match=r"\[512, 1024\], which the trainer never pads .* multiples of "
+                                           r"rollout.pad_multiple=48, at most 1008"):
+        aot.check_geometry(cfg)
+    cfg.aot["seq_buckets"] = (480, 960)
+    with pytest.raises(aot.AOTError, match="largest bucket 960 is not the trainer's longest PPO batch 1008"):
+        aot.check_geometry(cfg)
+    cfg.rollout.pad_multiple = 0  # powers of two: 1000 tokens train at 1024
+    del cfg.aot["seq_buckets"]
+    assert aot.seq_buckets(cfg)[-1] == _trainer_batch_len(cfg, 1000) == 1024
+
+
+def test_retired_chunk_keys_are_refused_by_name():
+    cfg = aot.load_config(TINY)
+    cfg.aot["prefill_chunk"] = 32
+    with pytest.raises(aot.AOTError, match="config.aot.prefill_chunk is not read: the trainer's sampler engines use "
+                                           "SamplerEngine's own prefill_chunk .*remove config.aot.prefill_chunk"):
+        aot.check_geometry(cfg)
+
+
+def test_sampler_shapes_are_the_trainers_engines(monkeypatch):
+    """Run the trainer's own engine builders (`make_engine` for the rollout, `evaluate` for the held-out
+    evaluation) at their worst case and record every prefill/decode call: aot compiles exactly those."""
+    import types
+
+    import jax
+
+    from pilotrl_jax import sharding as sh
+    from pilotrl_jax.agent.tokenizer import build_word_tokenizer
+    from pilotrl_jax.models import llama
+    from pilotrl_jax.rollout import SamplerPolicy
+    from pilotrl_jax.sampling import engine as E
+    from pilotrl_jax.train import evaluation, multihost, shapes
+
+    cfg = aot.load_config(TINY)  # eval.temperature 0.6 / top_p 0.9 (filtered) vs the rollout's plain sampling
+    cfg.eval.num_tasks = 3  # the evaluation engine: 3 rows, called as a sub-batch of 4
+    tok = build_word_tokenizer(["<thought> go </thought> <action> look </action> <global_plan> 1 </global_plan>"] * 5,
+                               vocab_size=300)
+    mc = shapes.model_config(cfg).replace(vocab_size=len(tok))
+    mesh = sh.make_mesh(dict(cfg.mesh.to_dict()), jax.devices()[:4])  # fsdp 2 x tensor 2, as on a v5e:2x2
+    ctx = types.SimpleNamespace(cfg=cfg, model_cfg=mc, mesh=mesh, tokenizer=tok, env_factory=None)
+    params = llama.init_params(mc, jax.random.PRNGKey(0), mesh=mesh)
+    calls = []
+    real_prefill, real_decode = E._prefill, E._decode
+
+    def prefill(config, params, cache, ids, pos, *, mesh):
+        calls.append(("prefill", ids.shape[0], ids.shape[1], jax.tree.leaves(cache)[0].shape[-3]))
+        return real_prefill(config, params, cache, ids, pos, mesh=mesh)
+
+    def decode(config, params, cache, state, *args, mode, chunk, mesh):
+        calls.append(("decode", state["tok"].shape[0], chunk, jax.tree.leaves(cache)[0].shape[-3], mode))
+        return real_decode(config, params, cache, state, *args, mode=mode, chunk=chunk, mesh=mesh)
+
+    monkeypatch.setattr(E, "_prefill", prefill)
+    monkeypatch.setattr(E, "_decode", decode)
+
+    def worst_case(policy):  # every row busy with an episode at the cache's length
+        eng = policy.engine
+        hs = policy.start([[1] * (eng.max_len - 1)] * eng.num_free, seeds=list(range(eng.num_free)))
+        policy.generate(hs, 1, stop_strings=None)
+        policy.release(hs)
+
+    # the rollout engine, sized and driven as run_rl_stage does
+    st = aot.stage_settings(cfg)
+    rows = min(multihost.plan_rows(mesh, st.tasks_per_step, st.group_size).local_rows, int(cfg.rollout.max_batch))
+    r = cfg.rollout
+    worst_case(SamplerPolicy(evaluation.make_engine(ctx, params, rows, seed=0), float(r.temperature), float(r.top_p),
+                             int(r.top_k)))
+
+    class Runner:  # evaluate's runner, reduced to the worst-case call
+        def __init__(self, policy, *args, **kw):
+            self.policy = policy
+
+        def run(self, tasks):
+            worst_case(self.policy)
+            return types.SimpleNamespace(episodes=[])
+
+    monkeypatch.setattr(evaluation, "RolloutRunner", Runner)
+    held_out = [None] * int(cfg.env.num_eval_tasks)
+    evaluation.evaluate(ctx, params, held_out[: int(cfg.eval.num_tasks)], group_size=int(cfg.eval.group_size),
+                        progress=False)  # as final_eval calls it
+
+    want = []
+    for s in aot.sampler_shapes(cfg, row_shards=2):
+        want += [("prefill", s.batch, s.prefill_chunk, s.window), ("decode", s.batch, s.decode_chunk, s.window, s.mode)]
+    assert sorted(set(calls)) == sorted(want)
+    assert [s.role for s in aot.sampler_shapes(cfg, row_shards=2)] == ["rollout", "eval"]
+    assert ("decode", 4, 64, 128, "filtered") in calls and ("prefill", 8, 128, 128) in calls

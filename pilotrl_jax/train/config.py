@@ -128,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
         # a PPO batch is padded to the next power of two of its longest episode (0), or to a multiple of
         # k tokens (e.g. 128: rows of 700 tokens train at 768, not 1024; one compile per length seen)
         pad_multiple=0,
+        # GiB per device the memory plan (pilotrl_jax.train.memory_plan) checks RL stages against at start-up:
+        # 0 = 90% of what the device reports (none on CPU: no check); > 0 = this many; < 0 = no check
+        memory_budget_gib=0.0,
     ))
     # rl / reward: PPOConfig's and RewardConfig's fields, less those each stage (or the rollout) sets
     ppo = {k: v for k, v in dataclasses.asdict(PPOConfig()).items() if f"rl.{k}" not in MOVED_KEYS}

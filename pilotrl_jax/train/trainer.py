@@ -39,6 +39,7 @@ from pilotrl_jax.rl import metrics as M
 from pilotrl_jax.rl import ppo
 from pilotrl_jax.rollout import CheckpointPlans, EndpointPlans, ExpertPlans, RolloutRunner, SamplerPolicy
 from pilotrl_jax.train import config as C
+from pilotrl_jax.train import memory_plan
 from pilotrl_jax.train import multihost
 from pilotrl_jax.train import setup as S
 from pilotrl_jax.train.checkpoints import Checkpointer
@@ -418,6 +419,7 @@ def final_eval(ctx, st: C.StageSettings, params, stage_dir: str) -> list:
 def run_pipeline(cfg, workdir: str, evaluate_stages: bool = True) -> dict:
     """Run (or resume) every stage of `cfg.pipeline`; returns {stage: {'final': dir, 'eval': rows}}."""
     C.validate(cfg)
+    memory_plan.check(cfg, log=dist.log0)  # before any params exist: derives rollout.max_batch=0 or refuses by key
     ctx = S.build_context(cfg, workdir)
     if jax.process_index() == 0:
         with open(os.path.join(ctx.workdir, "config.json"), "w") as f:

@@ -20,7 +20,7 @@ import ml_collections
 
 from pilotrl_jax.agent import prompts
 from pilotrl_jax.rewards.shaping import RewardConfig
-from pilotrl_jax.rl.ppo import PPOConfig
+from pilotrl_jax.rl.ppo_config import PPOConfig
 from pilotrl_jax.rollout.policies import THOUGHT_STYLES
 
 STAGE_KINDS = ("sft", "rl")
@@ -154,6 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.sft = ml_collections.ConfigDict(dict(
         batch_size=16, weight_decay=0.0, warmup_steps=0,
+        max_grad_norm=1.0,  # global-norm gradient clipping (0 = none)
         length_bucket=128,  # pad each batch to its longest row, rounded up to a multiple of this (0 = all rows' max)
         # > 0: a second demo per task whose executor turns are, with this probability each, a mistake
         # (a repeated or a wrong move) the expert then recovers from; mistakes are context, never trained

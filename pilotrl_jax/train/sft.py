@@ -22,9 +22,12 @@ import optax
 from pilotrl_jax import distributed as dist
 from pilotrl_jax.models import llama
 from pilotrl_jax.rl import masks as masks_lib
+from pilotrl_jax.rl.optimizer import make_optimizer
+from pilotrl_jax.rl.ppo_config import PPOConfig
 from pilotrl_jax.rollout import ForcedPolicy, RecoveryTurns, RolloutRunner, expert_turn
 from pilotrl_jax.rollout.batch import bucket_length
 from pilotrl_jax.train.config import _split
+from pilotrl_jax.train.stopping import agreed_stop
 
 
 def sft_loss(model_cfg, params, batch: dict):
@@ -44,6 +47,14 @@ def sft_length(attention_mask: np.ndarray, bucket: int) -> int:
     if int(bucket) <= 0:
         return width
     return min(width, bucket_length(int(attention_mask.sum(axis=1).max()), int(bucket)))
+
+
+def sft_optimizer(lr: float, sft_cfg) -> optax.GradientTransformation:
+    """The RL optimizer (`rl.optimizer.make_optimizer`: AdamW, global-norm clipping, no decay on 1-D params)
+    with the SFT section's warmup, weight decay and clipping, at a constant lr after warmup."""
+    return make_optimizer(lr, PPOConfig(lr=lr, warmup_steps=int(sft_cfg.warmup_steps),
+                                        weight_decay=float(sft_cfg.weight_decay),
+                                        max_grad_norm=float(sft_cfg.max_grad_norm) or None))
 
 
 def make_sft_step(model_cfg, tx, out_shardings=None):
@@ -132,10 +143,7 @@ def run_sft_stage(ctx, st, params, stage_dir: str, ck, metrics, stop_flag) -> An
     if n == 0:
         raise RuntimeError("the expert solved no training task, so there are no demonstrations for SFT")
     loss_mask = np.asarray(masks_lib.loss_mask(data["kind_ids"], st.trained_spans))
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(optax.warmup_constant_schedule(0.0, st.ppo.lr, max(1, int(cfg.sft.warmup_steps)))
-                                 if int(cfg.sft.warmup_steps) else st.ppo.lr,
-                                 weight_decay=float(cfg.sft.weight_decay)))
+    tx = sft_optimizer(st.ppo.lr, cfg.sft)
     multi = jax.process_count() > 1
     out_shardings = None
     if multi:  # global arrays: the optimizer state is built (and kept) sharded like the params
@@ -156,8 +164,6 @@ def run_sft_stage(ctx, st, params, stage_dir: str, ck, metrics, stop_flag) -> An
     step_fn = make_sft_step(ctx.model_cfg, tx, out_shardings)
     bs = min(int(cfg.sft.batch_size), n)
     from tqdm.auto import tqdm
-
-    from pilotrl_jax.train.trainer import agreed_stop
 
     bar = tqdm(range(start, st.steps), desc=st.name, unit="step", initial=start, total=st.steps,
                disable=not dist.is_coordinator())

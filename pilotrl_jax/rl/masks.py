@@ -53,16 +53,6 @@ def loss_mask(kind_ids: jnp.ndarray, trained_kinds: Iterable[KindLike]) -> jnp.n
     return m.astype(jnp.float32)
 
 
-def response_mask(kind_ids: jnp.ndarray) -> jnp.ndarray:
-    """Float mask [B, T] of every token the policy wrote (plan and action spans)."""
-    return loss_mask(kind_ids, POLICY_KINDS)
-
-
-def attention_mask_from_kinds(kind_ids: jnp.ndarray) -> jnp.ndarray:
-    """Int32 mask [B, T]: 1 for real tokens, 0 for PAD."""
-    return (jnp.asarray(kind_ids) != int(SpanKind.PAD)).astype(jnp.int32)
-
-
 def last_token_index(mask: jnp.ndarray) -> jnp.ndarray:
     """Index [B] of the last nonzero entry of each row of `mask`; -1 for an all-zero row."""
     mask = jnp.asarray(mask) > 0
@@ -81,28 +71,3 @@ def place_episode_rewards(scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray
     T = mask.shape[-1]
     onehot = (jnp.arange(T)[None, :] == last[:, None]) & (last[:, None] >= 0)
     return onehot.astype(jnp.float32) * scores[:, None]
-
-
-def turn_ids_from_mask(mask: jnp.ndarray) -> jnp.ndarray:
-    """Int32 [B, T]: index of the maximal contiguous run of mask=1 each token is in (0, 1, ...), -1 off-mask."""
-    m = (jnp.asarray(mask) > 0).astype(jnp.int32)
-    prev = jnp.pad(m, ((0, 0), (1, 0)))[:, :-1]
-    starts = (m == 1) & (prev == 0)
-    run = jnp.cumsum(starts.astype(jnp.int32), axis=-1) - 1
-    return jnp.where(m == 1, run, -1)
-
-
-def place_turn_rewards(turn_rewards: jnp.ndarray, turn_ids: jnp.ndarray) -> jnp.ndarray:
-    """Token rewards [B, T]: turn_rewards[b, k] on the last token with turn_ids == k; turns past the
-    array's width and tokens with turn_ids -1 get 0. Build `turn_ids` with `turn_ids_from_mask`."""
-    turn_rewards = jnp.asarray(turn_rewards, jnp.float32)
-    turn_ids = jnp.asarray(turn_ids, jnp.int32)
-    if turn_rewards.ndim != 2 or turn_rewards.shape[0] != turn_ids.shape[0]:
-        raise ValueError(
-            f"turn_rewards has shape {turn_rewards.shape}; expected [B, n_turns] with B={turn_ids.shape[0]}"
-        )
-    n = turn_rewards.shape[1]
-    nxt = jnp.pad(turn_ids, ((0, 0), (0, 1)), constant_values=-1)[:, 1:]
-    is_last = (turn_ids >= 0) & (turn_ids != nxt) & (turn_ids < n)
-    r = jnp.take_along_axis(turn_rewards, jnp.clip(turn_ids, 0, max(n - 1, 0)), axis=1)
-    return jnp.where(is_last, r, 0.0)

@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from pilotrl_jax.buckets import MIN_BUCKET, bucket_length
 from pilotrl_jax.agent.spans import POLICY_KINDS, Span, SpanKind, count_tokens, flatten_spans
 
 # How an episode ended. success/env_done/max_turns are set by AgentEpisode; the rest by the runner.
 STATUSES = ("success", "env_done", "max_turns", "budget", "env_error", "format_errors")
 STATUS_IDS = {s: i for i, s in enumerate(STATUSES)}
-MIN_BUCKET = 64
-
-
-def bucket_length(n: int, bucket: Union[str, int] = "pow2", min_len: int = MIN_BUCKET) -> int:
-    """Padded length for a longest row of `n` tokens: next power of two ("pow2") or multiple of an int k."""
-    if not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n={n!r}; expected a non-negative int (the longest episode's token count)")
-    n = max(int(n), 1, int(min_len))
-    if bucket == "pow2":
-        return 1 << math.ceil(math.log2(n))
-    if isinstance(bucket, (int, np.integer)) and not isinstance(bucket, bool) and bucket >= 1:
-        return int(bucket) * math.ceil(n / int(bucket))
-    raise ValueError(f"bucket={bucket!r}; expected 'pow2' or a positive int k (pad to a multiple of k, e.g. 128)")
 
 
 @dataclasses.dataclass

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from pilotrl_jax.models.config import LlamaConfig
-from pilotrl_jax.sampling.engine import MIN_WINDOW, GenerationResult, SamplerEngine, pow2_bucket
+from pilotrl_jax.buckets import bucket_length
+from pilotrl_jax.sampling.engine import MIN_WINDOW, GenerationResult, SamplerEngine
 
 
 def generate(config: LlamaConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -23,9 +24,9 @@ def generate(config: LlamaConfig, params, prompts: Sequence[Sequence[int]], max_
         raise ValueError(f"max_new_tokens={max_new_tokens}; expected an int >= 1")
     longest = max((len(p) for p in prompts if hasattr(p, "__len__")), default=1)
     if max_len is None:
-        max_len = pow2_bucket(longest + int(max_new_tokens), MIN_WINDOW)
+        max_len = bucket_length(longest + int(max_new_tokens), "pow2", MIN_WINDOW)
         max_len = max(max_len, longest + 1)
-    engine = SamplerEngine(config, params, max_batch=pow2_bucket(len(prompts), 1), max_len=max_len, mesh=mesh,
+    engine = SamplerEngine(config, params, max_batch=bucket_length(len(prompts), "pow2", 1), max_len=max_len, mesh=mesh,
                            seed=seed, tokenizer=tokenizer, stop_token_ids=stop_token_ids,
                            stop_strings=stop_strings, decode_chunk=decode_chunk, prefill_chunk=prefill_chunk)
     handles = engine.start(prompts)

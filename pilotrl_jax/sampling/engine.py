@@ -43,7 +43,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import math
 from typing import Any, Optional, Sequence, Union
 
 import jax
@@ -51,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pilotrl_jax import sharding as sh
+from pilotrl_jax.buckets import bucket_length
 from pilotrl_jax.models import llama
 from pilotrl_jax.models.config import LlamaConfig
 from pilotrl_jax.sampling import filters
@@ -68,12 +68,6 @@ TRACE_COUNTS: collections.Counter = collections.Counter()
 def trace_counts() -> dict:
     """How many times each jitted engine function was traced (≈ compiled) in this process."""
     return dict(TRACE_COUNTS)
-
-
-def pow2_bucket(n: int, lo: int, hi: Optional[int] = None) -> int:
-    """The smallest power of two >= max(n, lo), capped at `hi`."""
-    b = max(lo, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
-    return b if hi is None else min(b, hi)
 
 
 @dataclasses.dataclass
@@ -227,7 +221,7 @@ class SamplerEngine:
         self.max_len = int(max_len)
         self.seed = int(seed)
         self.tokenizer = tokenizer
-        self.prefill_chunk = pow2_bucket(prefill_chunk, MIN_PREFILL)
+        self.prefill_chunk = bucket_length(prefill_chunk, "pow2", MIN_PREFILL)
         self.decode_chunk = int(decode_chunk)
         self.min_batch = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
         self.max_batch = int(max_batch)
@@ -371,9 +365,9 @@ class SamplerEngine:
 
         # Sub-batch layout: slot s of the B-row sub-batch holds cache row rows[s] (>= max_batch: padding).
         n = len(eps)
-        B = pow2_bucket(n, self.min_batch)
+        B = bucket_length(n, "pow2", self.min_batch)
         need = max(len(ep.tokens) + lim for ep, lim in zip(eps, limits))
-        W = pow2_bucket(need, MIN_WINDOW, self.max_len)
+        W = bucket_length(need, "pow2", MIN_WINDOW, self.max_len)
         whole = B == self.max_batch and W == self.max_len
         if whole:  # the call spans the whole cache: use it in place, rows in their own order
             rows = np.arange(B)
@@ -403,7 +397,7 @@ class SamplerEngine:
         longest = max(len(f) for f in feeds)
         if longest == 0:
             return sub
-        C = pow2_bucket(longest, MIN_PREFILL, self.prefill_chunk)
+        C = bucket_length(longest, "pow2", MIN_PREFILL, self.prefill_chunk)
         for j in range(0, longest, C):
             ids = np.zeros((B, C), np.int32)
             pos = np.full((B, C), W, np.int32)  # padding rows write nothing

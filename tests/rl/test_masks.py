@@ -22,9 +22,6 @@ def test_loss_mask_matches_numpy():
         ref = np.isin(k, ids).astype(np.float32)
         ref[:, 0] = 0
         np.testing.assert_array_equal(np.asarray(masks.loss_mask(k, trained)), ref)
-    ref = np.isin(k, [2, 3]).astype(np.float32)
-    ref[:, 0] = 0
-    np.testing.assert_array_equal(np.asarray(masks.response_mask(k)), ref)
     assert np.asarray(masks.loss_mask(k, ("action",)))[0].sum() == 0
 
 
@@ -38,7 +35,7 @@ def test_loss_mask_rejects_bad_kinds():
 def test_episode_rewards_on_last_token():
     rng = np.random.default_rng(1)
     k = _random_kinds(rng)
-    m = np.asarray(masks.response_mask(k))
+    m = np.asarray(masks.loss_mask(k, ("plan", "action")))
     s = rng.normal(size=k.shape[0]).astype(np.float32)
     out = np.asarray(masks.place_episode_rewards(s, m))
     ref = np.zeros_like(m)
@@ -49,33 +46,3 @@ def test_episode_rewards_on_last_token():
     np.testing.assert_allclose(out, ref)
     assert out[0].sum() == 0  # all-masked row
     assert out[1, 5] == s[1]  # single-token turn
-
-
-def test_turn_rewards_on_last_token_of_each_turn():
-    rng = np.random.default_rng(2)
-    m = (rng.random((5, 20)) < 0.5).astype(np.float32)
-    m[0] = 0
-    m[1] = 0
-    m[1, [3, 7, 8]] = 1  # turns: [3], [7, 8]
-    tid = np.asarray(masks.turn_ids_from_mask(m))
-    # NumPy reference: contiguous runs
-    ref_tid = -np.ones_like(tid)
-    for b in range(m.shape[0]):
-        k = -1
-        for t in range(m.shape[1]):
-            if m[b, t]:
-                if t == 0 or not m[b, t - 1]:
-                    k += 1
-                ref_tid[b, t] = k
-    np.testing.assert_array_equal(tid, ref_tid)
-    n_turns = 4
-    tr = rng.normal(size=(5, n_turns)).astype(np.float32)
-    out = np.asarray(masks.place_turn_rewards(tr, tid))
-    ref = np.zeros_like(m)
-    for b in range(m.shape[0]):
-        for t in range(m.shape[1]):
-            k = ref_tid[b, t]
-            if k >= 0 and k < n_turns and (t + 1 == m.shape[1] or ref_tid[b, t + 1] != k):
-                ref[b, t] = tr[b, k]
-    np.testing.assert_allclose(out, ref)
-    assert out[1, 3] == tr[1, 0] and out[1, 8] == tr[1, 1] and out[1, 7] == 0

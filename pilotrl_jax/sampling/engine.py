@@ -249,6 +249,7 @@ class SamplerEngine:
 
     @params.setter
     def params(self, value):
+        """Assign new params (a weight sync): kept in the engine's per-layer decode layout."""
         self._params = decode_params(self.model_config, value, self.mesh)
 
     # ------------------------------------------------------------------ validation helpers

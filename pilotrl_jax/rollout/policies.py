@@ -162,11 +162,8 @@ def expert_plan_from_actions(env_family: str, actions: Optional[Sequence[str]]) 
 # How the expert's executor thought cites the plan: "full" is the paper's sentence ("According to
 # Step 2 of the global plan, I should go to desk 1."); "short" cites the step alone ("Step 2."), which
 # makes each turn ~11 tokens instead of ~25 with the demo's tokenizer (shorter episodes: fewer decode
-# steps, shorter training rows); "quote" restates the step from the plan in force, up to its first colon
-# ("Step 3: Put the book in/on drawer 2."): the thought then starts with the very tokens that start the
-# step in the plan, so a model copies the step's object and receptacle names by matching them (an
-# induction pattern) instead of recalling which name goes with which step number.
-THOUGHT_STYLES = ("full", "short", "quote")
+# steps, shorter training rows).
+THOUGHT_STYLES = ("full", "short")
 
 
 def check_thought_style(style: str) -> str:
@@ -185,27 +182,13 @@ def expert_turn(ctx, thought: str = "full") -> str:
         steps = expert_plan_from_actions(ep.env, expert) or ["Look around for what the task needs."]
         return prompts.plan_text(steps)
     action = expert[0] if expert else ep.noop_action
-    return executor_text(action, getattr(expert, "step", None), thought, getattr(ep, "plan", None))
+    return executor_text(action, getattr(expert, "step", None), thought)
 
 
-def quoted_step(plan: Optional[Sequence[str]], n: int) -> Optional[str]:
-    """Plan step `n` (1-based) of `plan` up to its first colon, ending with a period; None without that step."""
-    if not plan or not 1 <= n <= len(plan):
-        return None
-    text = str(plan[n - 1]).split(":", 1)[0].strip().rstrip(".")
-    return f"{text}." if text else None
-
-
-def executor_text(action: str, step: Optional[int], thought: str = "full",
-                  plan: Optional[Sequence[str]] = None) -> str:
-    """The expert's executor turn for `action`; `step` is the plan step it carries out (None: the first);
-    `plan` is the plan in force (the "quote" style restates its step; without it, it cites the number)."""
+def executor_text(action: str, step: Optional[int], thought: str = "full") -> str:
+    """The expert's executor turn for `action`; `step` is the plan step it carries out (None: the first)."""
     n = 1 if step is None else step + 1
-    style = check_thought_style(thought)
-    quoted = quoted_step(plan, n) if style == "quote" else None
-    if quoted:
-        return f"<thought>Step {n}: {quoted}</thought><action>{action}</action>"
-    if style in ("short", "quote"):
+    if check_thought_style(thought) == "short":
         return f"<thought>Step {n}.</thought><action>{action}</action>"
     return f"<thought>According to Step {n} of the global plan, I should {action}.</thought><action>{action}</action>"
 
@@ -257,8 +240,7 @@ class RecoveryTurns:
         if mistake is not None:
             self.injected.add(key + (turn,))
             self._count[key] = self._count.get(key, 0) + 1
-            text = executor_text(mistake, getattr(ctx.expert, "step", None), self.thought,
-                                 getattr(ctx.episode, "plan", None))
+            text = executor_text(mistake, getattr(ctx.expert, "step", None), self.thought)
         self._last[key] = (turn, expert if mistake is None else mistake)
         return text
 

@@ -113,8 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
         token_budget=16384, show_admissible=False, max_format_errors=0,  # 0 = no limit
         prompt_style="full",  # full | compact (short instructions for tiny models trained from scratch)
         # how the expert's demonstrated thought cites the plan: full ("According to Step 2 of the global
-        # plan, I should go to desk 1.") | short ("Step 2."; ~half the tokens a turn) | quote (the step as
-        # the plan in force words it, up to its first colon: "Step 3: Put the book in/on drawer 2.")
+        # plan, I should go to desk 1.", the paper's) | short ("Step 2."; ~half the tokens a turn)
         thought_style="full",
     ))
     c.rollout = ml_collections.ConfigDict(dict(
@@ -286,8 +285,7 @@ def validate(c) -> None:
     prompts.check_mode(c.agent.mode, c.agent.replan)
     if c.agent.get("thought_style", "full") not in THOUGHT_STYLES:
         raise ValueError(f"config.agent.thought_style={c.agent.thought_style!r}; expected 'full' (the paper's "
-                         "'According to Step 2 of the global plan, I should ...'), 'short' ('Step 2.') or 'quote' "
-                         "('Step 2: Take the apple.')")
+                         "'According to Step 2 of the global plan, I should ...') or 'short' ('Step 2.')")
     _check_modes(c.eval.modes, "config.eval.modes")
     for n in names:
         s = c.stages[n]

@@ -140,18 +140,13 @@ def expert_corpus(factory: Callable[[], Any], tasks: list, env_name: str, though
         for task in tasks:
             obs, _ = env.reset(task)
             texts.append(obs)
-            first_plan = None  # the plan an agent would hold (written at its first turn)
             for _ in range(60):
                 acts = env.expert_actions() or []  # keep ExpertActions (its own plan steps)
                 if not acts:
                     break
-                plan = expert_plan_from_actions(env_name, acts) or []
-                texts.extend(plan)
-                if first_plan is None:
-                    first_plan = plan
+                texts.extend(expert_plan_from_actions(env_name, acts) or [])
                 res = env.step(acts[0])
-                turn = acts[0] if thought is None else executor_text(acts[0], getattr(acts, "step", None), thought,
-                                                                     first_plan)
+                turn = acts[0] if thought is None else executor_text(acts[0], getattr(acts, "step", None), thought)
                 texts.extend([turn, res.observation])
                 if res.done:
                     break

@@ -411,7 +411,10 @@ def test_rl_seed_offset_redraws_the_rl_randomness_and_zero_keeps_the_old_seeds()
 def test_an_unknown_thought_style_is_refused_by_name():
     cfg = micro_config()
     cfg.agent.thought_style = "brief"
-    with pytest.raises(ValueError, match="config.agent.thought_style='brief'.*'full'.*'short'.*'quote'"):
+    with pytest.raises(ValueError, match="config.agent.thought_style='brief'.*'full'.*or 'short'"):
+        C.validate(cfg)
+    cfg.agent.thought_style = "quote"  # measured and left off: gone
+    with pytest.raises(ValueError, match="config.agent.thought_style='quote'"):
         C.validate(cfg)
 
 

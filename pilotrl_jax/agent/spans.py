@@ -17,7 +17,6 @@ class SpanKind(enum.IntEnum):
     ACTION = 3  # <thought>..</thought><action>..</action> written by the policy
     OBSERVATION = 4  # environment feedback (templated)
     EXTERNAL_PLAN = 5  # a plan the policy did not write (stage 1 plan source); never trained
-    EXTERNAL_ACTION = 6  # a turn the policy did not write (a mistake injected into a demonstration); never trained
 
 
 POLICY_KINDS = (SpanKind.PLAN, SpanKind.ACTION)

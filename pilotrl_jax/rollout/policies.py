@@ -8,7 +8,6 @@ AgentEpisode, `.request` what to generate, `.expert` the env expert's actions fr
 """
 from __future__ import annotations
 
-import zlib
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -191,71 +190,6 @@ def executor_text(action: str, step: Optional[int], thought: str = "full") -> st
     if check_thought_style(thought) == "short":
         return f"<thought>Step {n}.</thought><action>{action}</action>"
     return f"<thought>According to Step {n} of the global plan, I should {action}.</thought><action>{action}</action>"
-
-
-# The only commands injected as mistakes: moving, opening and looking. Taking, putting or using an
-# object is never injected (the expert's search would have to undo it).
-_SAFE_VERBS = ("go to", "open", "close", "examine", "look", "inventory")
-
-
-class RecoveryTurns:
-    """Expert turns with injected mistakes (DART-style demonstrations that show how to recover).
-
-    Each executor turn after the first, with probability `rate` (at most `max_per_episode` times an
-    episode, never twice in a row), the turn is a mistake written in the expert's own format: half
-    the time the previous command again (rejected by the environment as a rule, the loop a policy
-    falls into), otherwise a random admissible move/open/examine other than the expert's. The expert
-    then continues from the state the mistake left. Draws depend only on (seed, task, sample, turn),
-    not on the order the runner asks in. `injected` records (task_id, sample, turn) of every mistake,
-    so the caller can keep those turns out of the loss (`mark_injected`).
-    """
-
-    def __init__(self, rate: float, seed: int, max_per_episode: int = 2, thought: str = "full"):
-        if not 0.0 <= float(rate) < 1.0:
-            raise ValueError(f"recovery rate={rate}; expected a probability in [0, 1)")
-        self.rate, self.seed, self.max_per_episode = float(rate), int(seed), int(max_per_episode)
-        self.thought = check_thought_style(thought)
-        self.injected: set = set()
-        self._count: dict = {}  # (task_id, sample) -> mistakes so far
-        self._last: dict = {}  # (task_id, sample) -> (turn, command) of the episode's last action
-
-    def __call__(self, ctx) -> str:
-        """The expert's turn, or an injected mistake."""
-        text = expert_turn(ctx, self.thought)
-        if ctx.request.kind == SpanKind.PLAN:
-            return text
-        key, turn = (ctx.task.task_id, ctx.sample), ctx.episode.num_turns
-        expert = ctx.expert[0] if ctx.expert else ctx.episode.noop_action
-        last = self._last.get(key)
-        rng = np.random.default_rng([self.seed, zlib.crc32(key[0].encode()), key[1], turn])
-        mistake = None
-        if (turn > 0 and self._count.get(key, 0) < self.max_per_episode and key + (turn - 1,) not in self.injected
-                and rng.random() < self.rate):
-            moves = [a for a in (ctx.info or {}).get("admissible_actions", ())
-                     if a != expert and a.startswith(_SAFE_VERBS)]
-            if last is not None and last[0] == turn - 1 and (rng.random() < 0.5 or not moves):
-                mistake = last[1]
-            elif moves:
-                mistake = moves[int(rng.integers(len(moves)))]
-        if mistake is not None:
-            self.injected.add(key + (turn,))
-            self._count[key] = self._count.get(key, 0) + 1
-            text = executor_text(mistake, getattr(ctx.expert, "step", None), self.thought)
-        self._last[key] = (turn, expert if mistake is None else mistake)
-        return text
-
-    def mark_injected(self, batch) -> int:
-        """Relabel the injected turns' action spans of `batch` (a RolloutBatch) EXTERNAL_ACTION; returns how many."""
-        n = 0
-        for e in batch.episodes:
-            turn = 0
-            for s in e.spans:
-                if s.kind == SpanKind.ACTION:
-                    if (e.task_id, e.sample, turn) in self.injected:
-                        s.kind = SpanKind.EXTERNAL_ACTION
-                        n += 1
-                    turn += 1
-        return n
 
 
 _FUZZ_PIECES = ("<global_plan>", "</global_plan>", "<thought>", "</thought>", "<action>", "</action>",

@@ -155,9 +155,6 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=16, weight_decay=0.0, warmup_steps=0,
         max_grad_norm=1.0,  # global-norm gradient clipping (0 = none)
         length_bucket=128,  # pad each batch to its longest row, rounded up to a multiple of this (0 = all rows' max)
-        # > 0: a second demo per task whose executor turns are, with this probability each, a mistake
-        # (a repeated or a wrong move) the expert then recovers from; mistakes are context, never trained
-        recovery_rate=0.0,
     ))
     c.pipeline = "stage1,stage2,stage3"
     c.stages = ml_collections.ConfigDict(dict(

@@ -24,7 +24,7 @@ from pilotrl_jax.models import llama
 from pilotrl_jax.rl import masks as masks_lib
 from pilotrl_jax.rl.optimizer import make_optimizer
 from pilotrl_jax.rl.ppo_config import PPOConfig
-from pilotrl_jax.rollout import ForcedPolicy, RecoveryTurns, RolloutRunner, expert_turn
+from pilotrl_jax.rollout import ForcedPolicy, RolloutRunner, expert_turn
 from pilotrl_jax.rollout.batch import bucket_length
 from pilotrl_jax.train.config import _split
 from pilotrl_jax.train.stopping import agreed_stop
@@ -87,24 +87,15 @@ def opt_state_shardings(tx, params, mesh):
 DEMO_LIVE_EPISODES = 64
 
 
-def collect_demos(ctx, tasks, mode: str, replan, seed: int, recovery_rate: float = 0.0) -> Any:
-    """Expert-driven rollouts (RolloutBatch) on `tasks` in `mode`.
-
-    With `recovery_rate` > 0, turns carry injected mistakes the expert then recovers from
-    (`RecoveryTurns`); those turns are relabelled EXTERNAL_ACTION, so they are context, never trained.
-    """
+def collect_demos(ctx, tasks, mode: str, replan, seed: int) -> Any:
+    """Expert-driven rollouts (RolloutBatch) on `tasks` in `mode`."""
     from pilotrl_jax.train.evaluation import rollout_config
 
     rc = rollout_config(ctx, group_size=1, mode=mode, replan=replan, temperature=1.0, top_p=1.0, seed=seed)
     rc = dataclasses.replace(rc, max_live=DEMO_LIVE_EPISODES)
     thought = str(ctx.cfg.agent.get("thought_style", "full"))
-    turns = (RecoveryTurns(recovery_rate, seed, thought=thought) if recovery_rate > 0
-             else functools.partial(expert_turn, thought=thought))
-    policy = ForcedPolicy(turns, max_len=int(ctx.cfg.agent.token_budget))
-    batch = RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc).run(list(tasks))
-    if recovery_rate > 0:
-        turns.mark_injected(batch)
-    return batch
+    policy = ForcedPolicy(functools.partial(expert_turn, thought=thought), max_len=int(ctx.cfg.agent.token_budget))
+    return RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc).run(list(tasks))
 
 
 def demo_arrays(ctx, st, stage_dir: str) -> dict:
@@ -115,13 +106,11 @@ def demo_arrays(ctx, st, stage_dir: str) -> dict:
             return dict(z)
     modes = _split(ctx.cfg.stages[st.name].mode or ctx.cfg.agent.mode)
     parts = []
-    rate = float(ctx.cfg.sft.recovery_rate)
     for i, mode in enumerate(modes):
         replan = st.replan or ctx.cfg.agent.replan
-        for r in ([0.0, rate] if rate > 0 else [0.0]):  # with recovery: a clean and a noisy demo per task
-            batch = collect_demos(ctx, ctx.train_tasks, mode, replan, ctx.cfg.seed + i, recovery_rate=r)
-            batch.episodes = [e for e in batch.episodes if e.won]  # only successful demonstrations
-            parts.append(batch)
+        batch = collect_demos(ctx, ctx.train_tasks, mode, replan, ctx.cfg.seed + i)
+        batch.episodes = [e for e in batch.episodes if e.won]  # only successful demonstrations
+        parts.append(batch)
     T = max(max(e.length for e in b.episodes) for b in parts if b.episodes)
     T = int(-(-T // 64) * 64)
     arrs = [b.to_arrays(pad_to=T) for b in parts if b.episodes]

@@ -10,7 +10,7 @@ from pilotrl_jax.envs.base import Task
 from pilotrl_jax.envs.process import EnvPool
 from pilotrl_jax.models import llama
 from pilotrl_jax.models.config import LlamaConfig
-from pilotrl_jax.rollout import ExpertPlans, ForcedPolicy, RecoveryTurns, collect, expert_turn
+from pilotrl_jax.rollout import ExpertPlans, ForcedPolicy, collect, expert_turn
 from pilotrl_jax.sampling import SamplerEngine
 
 pytestmark = pytest.mark.slow
@@ -99,44 +99,6 @@ def test_alfworld_expert_forced_stage1(alf, tok):
         assert e.spans[1].text.startswith("<global_plan>Step 1: Go to")  # expert_plan_steps wording
 
 
-def test_alfworld_recovery_demos_inject_mistakes_the_expert_recovers_from(alf, tok):
-    """Demonstrations with injected mistakes: each is a repeated command (rejected) or another legal
-    move, at most two an episode and never two in a row; the expert still wins every episode, and
-    `mark_injected` turns exactly the mistakes into never-trained EXTERNAL_ACTION spans."""
-    from pilotrl_jax.rl import masks
-
-    tasks, envs = alf
-    turns = RecoveryTurns(0.5, seed=3)
-    batch = collect(tasks, ForcedPolicy(turns), envs, tok, max_turns=40, progress=False)
-    assert batch.statuses == ["success"] * 4
-    assert turns.mark_injected(batch) == len(turns.injected) > 0
-    again = RecoveryTurns(0.5, seed=3)  # draws depend on (seed, task, sample, turn), not on call order
-    collect(tasks[::-1], ForcedPolicy(again), envs, tok, max_turns=40, progress=False)
-    assert again.injected == turns.injected
-    for e in batch.episodes:
-        acts = [(i, s) for i, s in enumerate(e.spans) if s.kind in (SpanKind.ACTION, SpanKind.EXTERNAL_ACTION)]
-        flags = [s.kind == SpanKind.EXTERNAL_ACTION for _, s in acts]
-        assert sum(flags) <= 2 and not flags[0] and not any(a and b for a, b in zip(flags, flags[1:]))
-        for j, (i, s) in enumerate(acts):
-            if not flags[j]:
-                continue
-            cmd = s.text.split("<action>")[1].split("</action>")[0]
-            repeated = cmd == acts[j - 1][1].text.split("<action>")[1].split("</action>")[0]
-            assert repeated or cmd.startswith(("go to", "open", "close", "examine", "look", "inventory"))
-            if repeated and cmd.startswith("go to"):
-                assert "Nothing happens." in e.spans[i + 1].text
-        arr = batch.to_arrays()
-    kinds = arr["kind_ids"]
-    lm = np.asarray(masks.loss_mask(kinds, ("plan", "action")))
-    assert (kinds == int(SpanKind.EXTERNAL_ACTION)).any() and not lm[kinds == int(SpanKind.EXTERNAL_ACTION)].any()
-    assert lm[kinds == int(SpanKind.ACTION)].all()
-
-
-def test_recovery_rate_is_checked():
-    with pytest.raises(ValueError, match="recovery rate=1.5"):
-        RecoveryTurns(1.5, seed=0)
-
-
 def _jvm_pool(factory, **kw):
     return EnvPool(factory, 1, kw, reset_timeout=300.0, start_timeout=300.0)
 
@@ -178,7 +140,7 @@ def test_scienceworld_one_episode_sampled_and_forced(engine, tok):
 def test_short_thought_style_demos_cite_the_step_in_fewer_tokens_and_still_win(alf, tok):
     """agent.thought_style="short": the expert's thought is just the plan step it carries out
     ("Step 2."); the episodes win exactly as with the full sentence, parse without format errors,
-    take fewer tokens, and recovery turns (mistakes included) use the same style."""
+    take fewer tokens."""
     import functools
 
     from pilotrl_jax.rollout.policies import executor_text
@@ -194,15 +156,9 @@ def test_short_thought_style_demos_cite_the_step_in_fewer_tokens_and_still_win(a
         assert all(t.startswith("<thought>Step ") and t.split("</thought>")[0][-1] == "." for t in acts)
         assert [t.split("<action>")[1] for t in acts] == [
             t.split("<action>")[1] for t in (s.text for s in a.spans if s.kind == SpanKind.ACTION)]
-    turns = RecoveryTurns(0.5, seed=3, thought="short")
-    noisy = collect(tasks, ForcedPolicy(turns), envs, tok, max_turns=40, progress=False)
-    assert turns.mark_injected(noisy) > 0
-    assert all(s.text.startswith("<thought>Step ") for e in noisy.episodes for s in e.spans
-               if s.kind in (SpanKind.ACTION, SpanKind.EXTERNAL_ACTION))
     assert executor_text("go to desk 1", 1, "short") == "<thought>Step 2.</thought><action>go to desk 1</action>"
     assert executor_text("go to desk 1", None) == (
         "<thought>According to Step 1 of the global plan, I should go to desk 1.</thought><action>go to desk 1</action>")
-    with pytest.raises(ValueError, match="thought style 'tiny' is unknown.*thought_style"):
-        executor_text("look", 0, "tiny")
-    with pytest.raises(ValueError, match="thought style"):
-        RecoveryTurns(0.1, seed=0, thought="long")
+    for gone in ("tiny", "quote"):
+        with pytest.raises(ValueError, match=f"thought style '{gone}' is unknown.*thought_style"):
+            executor_text("look", 0, gone)

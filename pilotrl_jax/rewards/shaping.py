@@ -15,9 +15,6 @@ the episode's last policy token by the trainer:
   code bases penalise actions they cannot parse (verl-agent); this also counts the commands the
   environment rejects, so it separates failed episodes that looped on rejected commands from
   failed episodes that kept acting sensibly.
-- wasted-turn credit (ours, off by default; not part of r): `wasted_turn_advantage` is added by the
-  trainer to the advantage of every token of a wasted turn (`wasted_turn_token_values`), so the turn
-  that caused the waste is the one pushed down, not the whole episode.
 - step-level credit (GiGPO, off by default; not part of r): with `step_advantage_weight` > 0 the
   trainer adds weight x a per-turn advantage to each executor turn's tokens: turns taken from the same
   anchor state (same group, same accepted commands so far: `anchor_keys`) compare their discounted
@@ -59,7 +56,6 @@ class RewardConfig:
     overlong_clip: bool = True  # floor the overlong term at -1 (L > Lmax)
     invalid_action_penalty: float = 0.0  # per wasted turn (rejected action or format error); 0 disables
     invalid_action_floor: float = -0.5  # the invalid-action term never goes below this
-    wasted_turn_advantage: float = 0.0  # added to the advantage of each token of a wasted turn; 0 disables
     step_advantage_weight: float = 0.0  # GiGPO's step-level credit: weight of the anchor-state advantage; 0 disables
     step_gamma: float = 0.95  # discount of the per-turn returns the step-level credit compares
     step_norm: str = "std"  # step groups: "std" (mean and std, GiGPO's default) or "mean" (mean only)
@@ -83,9 +79,6 @@ class RewardConfig:
         if self.invalid_action_penalty > 0 or self.invalid_action_floor > 0:
             raise ValueError(f"RewardConfig.invalid_action_penalty={self.invalid_action_penalty}, invalid_action_floor="
                              f"{self.invalid_action_floor}; both must be <= 0 (a penalty, e.g. -0.05 and -0.5)")
-        if self.wasted_turn_advantage > 0:
-            raise ValueError(f"RewardConfig.wasted_turn_advantage={self.wasted_turn_advantage}; expected <= 0 "
-                             "(a penalty on the wasted turn's own tokens, e.g. -0.5; 0 disables)")
         if self.step_advantage_weight < 0:
             raise ValueError(f"RewardConfig.step_advantage_weight={self.step_advantage_weight}; expected >= 0 "
                              "(GiGPO: 1.0; 0 disables the step-level credit)")
@@ -149,19 +142,6 @@ def wasted_turns(episode: Any) -> list[bool]:
         rejected = nxt is not None and nxt.kind == SpanKind.OBSERVATION and rejected_action(nxt.text)
         flags.append(bool(executor[k].format_error) or rejected)
     return flags
-
-
-def wasted_turn_token_values(episode: Any, value: float) -> np.ndarray:
-    """Per-token array over the episode's flattened spans (`flatten_spans` order): `value` on every token
-    of a wasted turn's ACTION span (see `wasted_turns`), 0 elsewhere."""
-    from pilotrl_jax.agent.spans import SpanKind
-
-    flags = iter(wasted_turns(episode))
-    out = []
-    for s in episode.spans:
-        v = float(value) if s.kind == SpanKind.ACTION and next(flags) else 0.0
-        out.extend([v] * len(s.token_ids))
-    return np.asarray(out, np.float32)
 
 
 def anchor_keys(episode: Any, group: Hashable) -> list[tuple]:

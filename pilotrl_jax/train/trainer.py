@@ -190,14 +190,6 @@ def training_batch(arr: dict, trained_spans, rewards: np.ndarray, token_advantag
     return out
 
 
-def wasted_turn_advantages(episodes, T: int, value: float) -> np.ndarray:
-    """[B, T] per-token advantage terms: `value` on the tokens of each episode's wasted turns (a rejected
-    command or a format error; `rewards.shaping.wasted_turns`), 0 elsewhere and on episodes without an agent."""
-    from pilotrl_jax.rewards.shaping import wasted_turn_token_values
-
-    return _token_rows([wasted_turn_token_values(e.agent, value) if e.agent is not None else () for e in episodes], T)
-
-
 def _token_rows(values, T: int) -> np.ndarray:
     """[B, T] float32 from one per-token array per episode (flattened-span order), zero-padded on the right."""
     out = np.zeros((len(values), T), np.float32)
@@ -217,15 +209,11 @@ def step_advantages(episodes, rewards, reward_cfg, T: int) -> np.ndarray:
 
 
 def turn_credit(episodes, rewards, reward_cfg, T: int) -> Optional[np.ndarray]:
-    """The per-token advantage terms a stage adds to its GRPO advantages: wasted-turn credit plus the
-    step-level credit (each when enabled in the reward config), or None when neither is."""
-    out = None
-    if reward_cfg.wasted_turn_advantage:
-        out = wasted_turn_advantages(episodes, T, reward_cfg.wasted_turn_advantage)
+    """The per-token advantage terms a stage adds to its GRPO advantages: the step-level credit when
+    enabled in the reward config, else None."""
     if reward_cfg.step_advantage_weight:
-        s = step_advantages(episodes, rewards, reward_cfg, T)
-        out = s if out is None else out + s
-    return out
+        return step_advantages(episodes, rewards, reward_cfg, T)
+    return None
 
 
 def seq_bucket(cfg):

@@ -147,10 +147,10 @@ def test_invalid_action_term_counts_rejected_actions_and_format_errors():
         compute_rewards([dict(won=True, invalid_actions=-1)])
 
 
-def test_wasted_turns_flag_rejected_commands_and_malformed_turns_on_their_own_tokens():
+def test_wasted_turns_flag_rejected_commands_and_malformed_turns():
     from pilotrl_jax.agent.adaplan import TurnResult
-    from pilotrl_jax.agent.spans import Span, SpanKind, flatten_spans
-    from pilotrl_jax.rewards.shaping import wasted_turn_token_values, wasted_turns
+    from pilotrl_jax.agent.spans import Span, SpanKind
+    from pilotrl_jax.rewards.shaping import wasted_turns
 
     def turn(kind, bad=False):
         return TurnResult(kind, None, None if kind == SpanKind.PLAN else "look", bad)
@@ -165,18 +165,12 @@ def test_wasted_turns_flag_rejected_commands_and_malformed_turns_on_their_own_to
                  turn(SpanKind.ACTION, bad=True), turn(SpanKind.ACTION)]
 
     assert wasted_turns(Ep()) == [True, False, True, False]  # a malformed plan is not an executor turn
-    v = wasted_turn_token_values(Ep(), -0.5)
-    ids = flatten_spans(Ep.spans)[0]
-    assert v.shape == ids.shape
-    np.testing.assert_array_equal(v, np.where(np.isin(ids, [4, 8]), -0.5, 0.0))
 
     class Broken(Ep):
         turns = Ep.turns[:2]
 
     with pytest.raises(ValueError, match="action spans but 1 executor turns"):
         wasted_turns(Broken())
-    with pytest.raises(ValueError, match="wasted_turn_advantage"):
-        RewardConfig(wasted_turn_advantage=0.5)
 
 
 def _stepped_episode(actions, observations, scores=None):

@@ -272,32 +272,6 @@ def _real_stage3_rollout(tmp_path, seed: int, temperature: float = 1.0):
     return ctx, st, params, batch
 
 
-def test_wasted_turn_credit_lands_on_the_wasted_turns_trained_tokens(tmp_path):
-    """A real rollout of the untrained model (most turns malformed): the per-token credit sits only on
-    ACTION tokens of wasted turns, and prepare() adds it to exactly the trained ones."""
-    from pilotrl_jax.rewards.shaping import wasted_turns
-
-    ctx, st, params, batch = _real_stage3_rollout(tmp_path, seed=5)
-    arr = batch.to_arrays()
-    credit = T.wasted_turn_advantages(batch.episodes, arr["input_ids"].shape[1], -0.5)
-    flagged = credit != 0
-    assert flagged.any()
-    assert (arr["kind_ids"][flagged] == int(SpanKind.ACTION)).all()
-    for b, e in enumerate(batch.episodes):  # one run of flagged tokens per wasted turn, none elsewhere
-        runs = int(np.sum(np.diff(np.concatenate([[0], flagged[b].astype(int)])) == 1))
-        assert runs == sum(wasted_turns(e.agent))
-
-    rewards = np.arange(len(batch.episodes), dtype=np.float32)
-    fns = ppo.build(ctx.model_cfg, st.ppo, None, donate=False)
-    state = ppo.init_train_state(ctx.model_cfg, st.ppo, params, jax.random.PRNGKey(0))
-    plain = fns.prepare(state, T.training_batch(arr, st.trained_spans, rewards))
-    with_credit = fns.prepare(state, T.training_batch(arr, st.trained_spans, rewards, credit))
-    delta = np.asarray(with_credit["advantages"]) - np.asarray(plain["advantages"])
-    mask = np.asarray(plain["loss_mask"]) > 0
-    np.testing.assert_allclose(delta, np.where(mask, credit, 0.0), atol=1e-6)
-    assert (delta[mask] != 0).any()
-
-
 def test_sampler_old_logprobs_equal_the_recomputed_ones_on_a_real_rollout(tmp_path):
     """rl.old_logprobs='sampler' skips the trainer's forward pass: on a real rollout the sampler's
     log-probs match the recomputed ones on every trained token, so the PPO step is the same."""
@@ -354,7 +328,7 @@ def test_env_failed_episodes_neither_train_nor_enter_their_group_statistics(tmp_
 def test_step_credit_compares_the_turns_taken_from_one_state_on_a_real_rollout(tmp_path):
     """GiGPO's step-level credit on a real rollout: the first executor turns of a group act from one
     state and get their normalized discounted returns; every value sits on ACTION tokens, constant
-    over a turn; turn_credit adds it to the wasted-turn credit, and prepare() to the advantages."""
+    over a turn; prepare() adds it to the advantages."""
     import dataclasses
 
     from pilotrl_jax.rewards import compute_rewards
@@ -384,8 +358,6 @@ def test_step_credit_compares_the_turns_taken_from_one_state_on_a_real_rollout(t
         np.testing.assert_allclose(got, rets - rets.mean(), atol=1e-6)
         checked += len(at) > len(rows)  # some episode came back to its first state (a rejected command)
     assert checked
-    both = T.turn_credit(eps, rewards, dataclasses.replace(cfg, wasted_turn_advantage=-0.5), Tn)
-    np.testing.assert_allclose(both, credit + T.wasted_turn_advantages(eps, Tn, -0.5), atol=1e-6)
     fns = ppo.build(ctx.model_cfg, st.ppo, None, donate=False)
     state = ppo.init_train_state(ctx.model_cfg, st.ppo, params, jax.random.PRNGKey(0))
     plain = fns.prepare(state, T.training_batch(arr, st.trained_spans, rewards.reward))

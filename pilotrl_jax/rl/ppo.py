@@ -134,8 +134,6 @@ def make_advantage_fn(cfg: PPOConfig) -> CountingJit:
             adv, ret = adv_lib.gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
         if "token_advantages" in batch:  # turn-level credit (e.g. a wasted turn's own tokens), added as is
             adv = adv + batch["token_advantages"] * mask
-        if cfg.negative_advantage_scale != 1.0:
-            adv = jnp.where(adv < 0, adv * cfg.negative_advantage_scale, adv)
         if cfg.whiten_advantages:
             adv = adv_lib.whiten(adv, mask)
         return adv, ret

@@ -22,9 +22,6 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 1.0
     whiten_advantages: bool = False  # whiten over trained tokens of the batch (common with GAE)
-    negative_advantage_scale: float = 1.0  # multiplies every negative token advantage (after any turn
-    # credit, before whitening): 1 = plain PPO/GRPO, 0 = only better-than-group episodes are pushed
-    # (self-imitation of the group's best), between = down-weighted negative gradients
     # policy loss
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
@@ -95,9 +92,6 @@ class PPOConfig:
             raise ValueError(f"logits_chunk_size={self.logits_chunk_size}; expected a positive int or None")
         if self.target_kl is not None and not self.target_kl > 0:
             raise ValueError(f"target_kl={self.target_kl}; expected a positive float or None (off)")
-        if not 0.0 <= self.negative_advantage_scale <= 1.0:
-            raise ValueError(f"negative_advantage_scale={self.negative_advantage_scale}; expected a value in [0, 1] "
-                             "(1 = plain PPO, 0 = positive advantages only)")
         if self.old_logprobs not in OLD_LOGPROBS:
             raise ValueError(f"old_logprobs={self.old_logprobs!r}; expected one of {OLD_LOGPROBS}")
         if self.temperature <= 0:

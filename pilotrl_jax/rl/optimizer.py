@@ -1,5 +1,5 @@
-"""The optimizer of RL and SFT: AdamW with warmup/decay schedules, global-norm clipping, frozen params,
-and an update that is skipped when a loss or gradient is not finite."""
+"""The optimizer of RL and SFT: AdamW with warmup/decay schedules, global-norm clipping, and an update
+that is skipped when a loss or gradient is not finite."""
 from __future__ import annotations
 
 import jax
@@ -23,30 +23,12 @@ def lr_schedule(lr: float, cfg: PPOConfig) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, cfg.warmup_steps), decay], [cfg.warmup_steps])
 
 
-def frozen_names(cfg: PPOConfig) -> tuple:
-    """The top-level param names `cfg.frozen_params` lists."""
-    return tuple(n.strip() for n in str(cfg.frozen_params or "").split(",") if n.strip())
-
-
 def make_optimizer(lr: float, cfg: PPOConfig) -> optax.GradientTransformation:
-    """AdamW with the schedule and global-norm clipping; no weight decay on 1-D params (norms, biases);
-    the top-level params named in `cfg.frozen_params` get zero updates."""
+    """AdamW with the schedule and global-norm clipping; no weight decay on 1-D params (norms, biases)."""
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     adamw = optax.adamw(lr_schedule(lr, cfg), cfg.adam_b1, cfg.adam_b2, cfg.adam_eps,
                         weight_decay=cfg.weight_decay, mask=decay_mask)
-    tx = adamw if cfg.max_grad_norm is None else optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
-    frozen = frozen_names(cfg)
-    if not frozen:
-        return tx
-
-    def labels(params):
-        missing = [n for n in frozen if n not in params]
-        if missing:
-            raise ValueError(f"rl.frozen_params names {missing}, which the model does not have; "
-                             f"top-level params are {sorted(params)}")
-        return {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v) for k, v in params.items()}
-
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return adamw if cfg.max_grad_norm is None else optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
 
 
 def _tree_all_finite(tree):

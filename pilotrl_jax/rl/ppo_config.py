@@ -49,8 +49,6 @@ class PPOConfig:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: Optional[float] = 1.0
-    frozen_params: str = ""  # comma-separated top-level param names the RL updates leave as they are, e.g.
-    # "embed,lm_head" (their gradients are not clipped with the rest nor decayed); "" = train everything
     target_kl: Optional[float] = None  # a trust region on the whole step: once a mini-batch's mean k3 to the
     # old policy (measured before its update) exceeds this, that update and the rest of the step's are
     # skipped (as in Stable-Baselines3's PPO); None = off

@@ -88,9 +88,6 @@ def get_config(arg: str = ""):
     c.model.head_dim = 32
     c.tokenizer.vocab_size = 1024
     c.tokenizer.corpus_tasks = 64
-    # The corpus without the expert's thoughts, as in every recorded run (sessions 5-11): with them the
-    # tokenizer, and so every number in the README, changes (session 12's dev runs used them).
-    c.tokenizer.executor_turns = False
     c.agent.mode = "adaplan"
     c.agent.replan = "static"
     c.agent.prompt_style = "compact"

@@ -113,3 +113,8 @@ def test_rl_only_stage_keys_on_an_sft_stage_are_refused():
     cfg.stages.sft.ppo_epochs = 2
     with pytest.raises(ValueError, match=r"config\.stages\.sft\.ppo_epochs=2 would be ignored: stage 'sft' is an SFT"):
         C.validate(cfg)
+
+
+def test_the_tokenizer_corpus_is_the_expert_commands_by_default_as_in_every_recorded_demo():
+    assert C.base_config().tokenizer.executor_turns is False
+    assert _load(os.path.join(ROOT, "configs", "demo.py")).tokenizer.executor_turns is False

@@ -88,10 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
         path="",  # "" = the model's directory (hf/checkpoint) or built from environment text (tiny)
         vocab_size=768,  # for a built tokenizer
         corpus_tasks=48,  # train tasks whose expert episodes make the tokenizer corpus
-        # the corpus holds the expert's executor turns as written (thought + action, agent.thought_style),
-        # so the words every turn repeats merge ("should" is one token, not three); False: only the
-        # commands (what runs before session 12 used: their tokenizers, and so their numbers, reproduce)
-        executor_turns=True,
+        # False: the corpus holds the expert's commands only; True: its executor turns as written
+        # (thought + action, agent.thought_style), so the words every turn repeats merge into whole tokens
+        executor_turns=False,
     ))
     c.env = ml_collections.ConfigDict(dict(
         name="alfworld",

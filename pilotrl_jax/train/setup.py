@@ -176,7 +176,7 @@ def _tokenizer(cfg, workdir: str, train_tasks: list, factory) -> Any:
     if have:
         return transformers.AutoTokenizer.from_pretrained(tok_dir)
     corpus = expert_corpus(factory, train_tasks[: int(cfg.tokenizer.corpus_tasks)], cfg.env.name,
-                           str(cfg.agent.get("thought_style", "full")) if cfg.tokenizer.get("executor_turns", True)
+                           str(cfg.agent.get("thought_style", "full")) if cfg.tokenizer.get("executor_turns", False)
                            else None)
     corpus += env_vocabulary_corpus(cfg.env.name)
     tok = build_word_tokenizer(corpus, vocab_size=int(cfg.tokenizer.vocab_size))

@@ -72,12 +72,42 @@ def test_grpo_std_none_in_a_config_is_dr_grpo_and_a_bad_value_is_named():
     ("rl", "temperature", 0.7, r"rollout\.temperature"),
     ("reward", "plan_weight", 0.5, r"stages\.<stage>\.plan_weight"),
     ("sft", "max_len", 512, r"agent\.token_budget"),
+    ("reward", "step_advantage_weight", 1.0, r"rl\.step_advantage_weight"),
+    ("reward", "step_gamma", 0.9, r"rl\.step_gamma"),
+    ("reward", "step_norm", "mean", r"rl\.step_norm"),
 ])
 def test_a_key_another_section_owns_is_refused_with_its_home(section, key, value, home):
     cfg = _load(os.path.join(ROOT, "configs", "smoke.py"))
     assert key not in cfg[section]  # the base config does not offer it
     cfg[section][key] = value
     with pytest.raises(ValueError, match=rf"config\.{section}\.{key} is not a key: the setting lives in config\.{home}"):
+        C.validate(cfg)
+
+
+# Knobs that were measured, did not help and are no published method: gone, and refused by name.
+@pytest.mark.parametrize("section,key,value", [
+    ("sft", "recovery_rate", 0.2),
+    ("reward", "wasted_turn_advantage", -0.5),
+    ("rl", "negative_advantage_scale", 0.0),
+    ("rl", "frozen_params", "embed,lm_head"),
+])
+def test_a_removed_key_is_refused_by_name(section, key, value):
+    cfg = _load(os.path.join(ROOT, "configs", "demo.py"))
+    assert key not in cfg[section]
+    cfg[section][key] = value
+    with pytest.raises(ValueError, match=rf"config\.{section}\.{key} is not a key and would be ignored"):
+        C.validate(cfg)
+
+
+def test_the_step_level_credit_is_set_in_the_rl_config():
+    cfg = _load(os.path.join(ROOT, "configs", "demo.py"))
+    assert C.resolve_stage(cfg, "stage3").ppo.step_advantage_weight == 0.0  # the demo: plain GRPO
+    cfg.rl.step_advantage_weight, cfg.rl.step_gamma, cfg.rl.step_norm = 1.0, 0.9, "mean"
+    C.validate(cfg)
+    ppo = C.resolve_stage(cfg, "stage3").ppo
+    assert (ppo.step_advantage_weight, ppo.step_gamma, ppo.step_norm) == (1.0, 0.9, "mean")
+    cfg.rl.step_norm = "z"
+    with pytest.raises(ValueError, match="step_norm='z'"):
         C.validate(cfg)
 
 

@@ -15,10 +15,6 @@ the episode's last policy token by the trainer:
   code bases penalise actions they cannot parse (verl-agent); this also counts the commands the
   environment rejects, so it separates failed episodes that looped on rejected commands from
   failed episodes that kept acting sensibly.
-- step-level credit (GiGPO, off by default; not part of r): with `step_advantage_weight` > 0 the
-  trainer adds weight x a per-turn advantage to each executor turn's tokens: turns taken from the same
-  anchor state (same group, same accepted commands so far: `anchor_keys`) compare their discounted
-  returns (`turn_rewards`, `step_gamma`), normalized within that state's group (`rl.step_groups`).
 - plan_term: the judge's normalized plan score in [0, 1] (or the raw 1..5 with `plan_scale="raw"`).
   Where the judgement failed (judge_ok False, e.g. the judge call timed out or its answer was
   unreadable) the episode gets the mean plan term of the episodes judged ok in its GRPO group
@@ -26,6 +22,7 @@ the episode's last policy token by the trainer:
   or bad: it moves nothing within its group. When no episode of the group was judged ok the term
   is 0 for all of them, which cancels in the group. Failures are counted in `reward/judge_failures`;
   episodes never sent to the judge (judge_ok None) get 0 and are not counted.
+Credit per turn or per token (GiGPO's step-level credit) is not a reward: it is `rl.turn_credit`'s.
 """
 from __future__ import annotations
 
@@ -35,7 +32,6 @@ from typing import Any, Hashable, Mapping, Optional, Sequence
 import numpy as np
 
 from pilotrl_jax.rewards.grounded import DEFAULT_FAILURE_MARKERS
-from pilotrl_jax.rl.step_groups import STEP_NORMS, discounted_returns, step_group_advantages
 
 OUTCOMES = ("won", "score")
 FORMAT_MODES = ("any", "per_error")
@@ -56,9 +52,6 @@ class RewardConfig:
     overlong_clip: bool = True  # floor the overlong term at -1 (L > Lmax)
     invalid_action_penalty: float = 0.0  # per wasted turn (rejected action or format error); 0 disables
     invalid_action_floor: float = -0.5  # the invalid-action term never goes below this
-    step_advantage_weight: float = 0.0  # GiGPO's step-level credit: weight of the anchor-state advantage; 0 disables
-    step_gamma: float = 0.95  # discount of the per-turn returns the step-level credit compares
-    step_norm: str = "std"  # step groups: "std" (mean and std, GiGPO's default) or "mean" (mean only)
     plan_weight: float = 0.0  # stage 2: > 0 adds plan_weight * plan score
     plan_scale: str = "unit"  # "unit": normalized [0, 1]; "raw": 1..5
 
@@ -79,13 +72,6 @@ class RewardConfig:
         if self.invalid_action_penalty > 0 or self.invalid_action_floor > 0:
             raise ValueError(f"RewardConfig.invalid_action_penalty={self.invalid_action_penalty}, invalid_action_floor="
                              f"{self.invalid_action_floor}; both must be <= 0 (a penalty, e.g. -0.05 and -0.5)")
-        if self.step_advantage_weight < 0:
-            raise ValueError(f"RewardConfig.step_advantage_weight={self.step_advantage_weight}; expected >= 0 "
-                             "(GiGPO: 1.0; 0 disables the step-level credit)")
-        if not 0.0 <= self.step_gamma <= 1.0:
-            raise ValueError(f"RewardConfig.step_gamma={self.step_gamma}; expected a discount in [0, 1] (GiGPO: 0.95)")
-        if self.step_norm not in STEP_NORMS:
-            raise ValueError(f"RewardConfig.step_norm={self.step_norm!r}; expected one of {STEP_NORMS}")
         if self.plan_weight < 0:
             raise ValueError(f"RewardConfig.plan_weight={self.plan_weight}; expected >= 0 (0 disables the plan term)")
 
@@ -123,86 +109,6 @@ def summarize_episode(episode: Any, judgement: Any = None) -> EpisodeSummary:
     rejected = sum(1 for s in spans[first + 1:] if s.kind == SpanKind.OBSERVATION and rejected_action(s.text))
     return EpisodeSummary(won=won, score=float(info.get("score", float(won))), format_errors=int(episode.format_errors),
                           response_len=response_len, invalid_actions=rejected + int(episode.format_errors), **kw)
-
-
-def wasted_turns(episode: Any) -> list[bool]:
-    """One flag per ACTION span of an `AgentEpisode` (span order): True when that turn was wasted, i.e.
-    it broke the format or the environment rejected its command (the next observation has a failure marker)."""
-    from pilotrl_jax.agent.spans import SpanKind
-
-    spans = list(getattr(episode, "spans", None) or [])
-    executor = [t for t in getattr(episode, "turns", []) if t.kind == SpanKind.ACTION]
-    actions = [i for i, s in enumerate(spans) if s.kind == SpanKind.ACTION]
-    if len(executor) != len(actions):
-        raise ValueError(f"episode has {len(actions)} action spans but {len(executor)} executor turns; "
-                         "wasted_turns needs an AgentEpisode built by add_policy_output")
-    flags = []
-    for k, i in enumerate(actions):
-        nxt = next((s for s in spans[i + 1:] if s.kind in (SpanKind.OBSERVATION, SpanKind.ACTION)), None)
-        rejected = nxt is not None and nxt.kind == SpanKind.OBSERVATION and rejected_action(nxt.text)
-        flags.append(bool(executor[k].format_error) or rejected)
-    return flags
-
-
-def anchor_keys(episode: Any, group: Hashable) -> list[tuple]:
-    """One anchor-state key per ACTION span of an `AgentEpisode`: (group, the commands the environment
-    accepted before that turn). In a deterministic environment those commands fix the state, so two
-    turns with one key act from the same state (a rejected command or a format error leaves it as it was)."""
-    flags = wasted_turns(episode)
-    actions = list(getattr(episode, "actions", []))
-    if len(actions) != len(flags):
-        raise ValueError(f"episode has {len(flags)} executor turns but {len(actions)} env actions; "
-                         "anchor_keys needs an AgentEpisode built by add_policy_output")
-    keys, accepted = [], []
-    for a, wasted in zip(actions, flags):
-        keys.append((group, tuple(accepted)))
-        if not wasted:
-            accepted.append(" ".join(str(a).lower().split()))
-    return keys
-
-
-def turn_rewards(episode: Any, terminal: float, from_scores: bool = False) -> np.ndarray:
-    """Per executor turn of an `AgentEpisode`, the reward that turn earned.
-
-    With `from_scores` and the env's score reported after every turn (`AgentEpisode.turn_scores`, e.g.
-    ALFWorld's progress score): each turn's rise of the score. Otherwise 0, and `terminal` (the
-    episode's outcome, >= 0) on the last turn. Never a penalty: a negative reward, discounted, would
-    credit a turn for how many turns were left after it (a failed episode's early turns would look
-    better than its late ones)."""
-    from pilotrl_jax.agent.spans import SpanKind
-
-    n = sum(1 for s in episode.spans if s.kind == SpanKind.ACTION)  # executor turns
-    scores = list(getattr(episode, "turn_scores", []))[:n]
-    if from_scores and n and scores and all(x is not None for x in scores):
-        s = np.clip(np.asarray(scores + [scores[-1]] * (n - len(scores)), np.float64), 0.0, 1.0)
-        return np.maximum(np.diff(s, prepend=0.0), 0.0)  # the last turn may have had no observation
-    r = np.zeros(n)
-    if n:
-        r[-1] = max(float(terminal), 0.0)
-    return r
-
-
-def step_advantage_token_values(episodes: Sequence[Any], groups: Sequence[Hashable], terminal: Sequence[float],
-                                cfg: "RewardConfig") -> list[np.ndarray]:
-    """GiGPO's step-level credit as per-token arrays (`flatten_spans` order), one per episode:
-    `cfg.step_advantage_weight` x the turn's step-group advantage (`rl.step_groups`) on every token of
-    its ACTION span, 0 elsewhere. Episodes without an agent (None) get an empty array."""
-    from pilotrl_jax.agent.spans import SpanKind
-
-    live = [i for i, e in enumerate(episodes) if e is not None]
-    keys = [anchor_keys(episodes[i], groups[i]) for i in live]
-    from_scores = cfg.outcome == "score"
-    rets = [discounted_returns(turn_rewards(episodes[i], terminal[i], from_scores), cfg.step_gamma) for i in live]
-    adv = step_group_advantages(keys, rets, cfg.step_norm)
-    out = [np.zeros(0, np.float32) for _ in episodes]
-    for i, a in zip(live, adv):
-        turn = iter(a)
-        vals = []
-        for s in episodes[i].spans:
-            v = float(cfg.step_advantage_weight) * float(next(turn)) if s.kind == SpanKind.ACTION else 0.0
-            vals.extend([v] * len(s.token_ids))
-        out[i] = np.asarray(vals, np.float32)
-    return out
 
 
 def rejected_action(observation: str) -> bool:

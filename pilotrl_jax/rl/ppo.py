@@ -132,7 +132,7 @@ def make_advantage_fn(cfg: PPOConfig) -> CountingJit:
             if rewards is None:
                 rewards = masks_lib.place_episode_rewards(batch["scores"], mask)
             adv, ret = adv_lib.gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
-        if "token_advantages" in batch:  # turn-level credit (e.g. a wasted turn's own tokens), added as is
+        if "token_advantages" in batch:  # per-token credit (rl.turn_credit: GiGPO's step-level credit), added as is
             adv = adv + batch["token_advantages"] * mask
         if cfg.whiten_advantages:
             adv = adv_lib.whiten(adv, mask)

@@ -6,6 +6,7 @@ from typing import Optional
 
 from pilotrl_jax.rl import advantages as adv_lib
 from pilotrl_jax.rl import losses as L
+from pilotrl_jax.rl.step_groups import STEP_NORMS
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 OLD_LOGPROBS = ("recompute", "sampler")
@@ -22,6 +23,11 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 1.0
     whiten_advantages: bool = False  # whiten over trained tokens of the batch (common with GAE)
+    # GiGPO's step-level credit (Feng et al. 2025; rl/turn_credit.py): > 0 adds this weight x each executor
+    # turn's anchor-state advantage to the turn's tokens (before whitening); 0 = off
+    step_advantage_weight: float = 0.0
+    step_gamma: float = 0.95  # discount of the per-turn returns the step-level credit compares
+    step_norm: str = "std"  # step groups: "std" (mean and std, GiGPO's default) or "mean" (mean only)
     # policy loss
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
@@ -90,6 +96,13 @@ class PPOConfig:
             raise ValueError(f"logits_chunk_size={self.logits_chunk_size}; expected a positive int or None")
         if self.target_kl is not None and not self.target_kl > 0:
             raise ValueError(f"target_kl={self.target_kl}; expected a positive float or None (off)")
+        if self.step_advantage_weight < 0:
+            raise ValueError(f"step_advantage_weight={self.step_advantage_weight}; expected >= 0 "
+                             "(GiGPO: 1.0; 0 disables the step-level credit)")
+        if not 0.0 <= self.step_gamma <= 1.0:
+            raise ValueError(f"step_gamma={self.step_gamma}; expected a discount in [0, 1] (GiGPO: 0.95)")
+        if self.step_norm not in STEP_NORMS:
+            raise ValueError(f"step_norm={self.step_norm!r}; expected one of {STEP_NORMS}")
         if self.old_logprobs not in OLD_LOGPROBS:
             raise ValueError(f"old_logprobs={self.old_logprobs!r}; expected one of {OLD_LOGPROBS}")
         if self.temperature <= 0:

@@ -39,6 +39,10 @@ MOVED_KEYS = {
     "rl.temperature": "config.rollout.temperature (the sampling temperature; PPO recomputes log-probs at it)",
     "reward.plan_weight": "config.stages.<stage>.plan_weight (stage 2 weighs the plan score)",
     "sft.max_len": "config.agent.token_budget (it bounds every demonstration's length)",
+    "reward.step_advantage_weight": "config.rl.step_advantage_weight (GiGPO's step-level credit is advantage "
+                                    "shaping, not a reward)",
+    "reward.step_gamma": "config.rl.step_gamma (GiGPO's step-level credit)",
+    "reward.step_norm": "config.rl.step_norm (GiGPO's step-level credit)",
 }
 # Keys of an RL stage that an SFT stage has no use for: an SFT stage may leave them at their defaults only.
 RL_ONLY_STAGE_KEYS = ("plan_source_path", "ppo_epochs", "plan_weight", "judge", "kl_coef", "advantage_estimator",
@@ -356,8 +360,9 @@ def resolve_stage(c, name: str) -> StageSettings:
         raise ValueError(f"config.rl has unknown keys {unknown}; PPOConfig takes {sorted(fields)}")
     ppo = PPOConfig(**rl)
     rw = dict(c.reward.to_dict())
-    if "plan_weight" in rw:
-        _refuse_unknown("reward.plan_weight", ())
+    moved = sorted(k for k in rw if f"reward.{k}" in MOVED_KEYS)
+    if moved:
+        _refuse_unknown(f"reward.{moved[0]}", ())
     rw["plan_weight"] = float(s.plan_weight)
     reward = RewardConfig(**rw)
     mode = _split(s.mode or c.agent.mode)[0]

@@ -36,6 +36,7 @@ from pilotrl_jax import distributed as dist
 from pilotrl_jax.rl import masks as masks_lib
 from pilotrl_jax.rl import metrics as M
 from pilotrl_jax.rl import ppo
+from pilotrl_jax.rl.turn_credit import turn_credit
 from pilotrl_jax.rollout import CheckpointPlans, EndpointPlans, ExpertPlans, RolloutRunner, SamplerPolicy
 from pilotrl_jax.train import config as C
 from pilotrl_jax.train import memory_plan
@@ -190,32 +191,6 @@ def training_batch(arr: dict, trained_spans, rewards: np.ndarray, token_advantag
     return out
 
 
-def _token_rows(values, T: int) -> np.ndarray:
-    """[B, T] float32 from one per-token array per episode (flattened-span order), zero-padded on the right."""
-    out = np.zeros((len(values), T), np.float32)
-    for b, v in enumerate(values):
-        out[b, :len(v)] = v
-    return out
-
-
-def step_advantages(episodes, rewards, reward_cfg, T: int) -> np.ndarray:
-    """[B, T] GiGPO step-level advantage terms (`rewards.shaping.step_advantage_token_values`): turns taken
-    from one anchor state of a GRPO group compare their discounted returns; 0 off executor tokens."""
-    from pilotrl_jax.rewards.shaping import step_advantage_token_values
-
-    terminal = np.asarray(rewards.components["outcome"], np.float64)  # penalties stay episode-level (GRPO)
-    agents = [e.agent if e.status != "env_error" else None for e in episodes]  # cut short: not comparable
-    return _token_rows(step_advantage_token_values(agents, [e.group_id for e in episodes], terminal, reward_cfg), T)
-
-
-def turn_credit(episodes, rewards, reward_cfg, T: int) -> Optional[np.ndarray]:
-    """The per-token advantage terms a stage adds to its GRPO advantages: the step-level credit when
-    enabled in the reward config, else None."""
-    if reward_cfg.step_advantage_weight:
-        return step_advantages(episodes, rewards, reward_cfg, T)
-    return None
-
-
 def seq_bucket(cfg):
     """How a PPO batch's length is padded: 'pow2' (config.rollout.pad_multiple 0) or a multiple of k."""
     k = int(cfg.rollout.get("pad_multiple", 0))
@@ -303,7 +278,8 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
         else:
             arr = batch.to_arrays(bucket)
         rollout = training_batch(arr, st.trained_spans, rewards.reward,
-                                 turn_credit(batch.episodes, rewards, st.reward, arr["input_ids"].shape[1]),
+                                 turn_credit(batch.episodes, rewards.components["outcome"], st.ppo,
+                                             arr["input_ids"].shape[1], from_scores=st.reward.outcome == "score"),
                                  valid=np.array([e.status != "env_error" for e in batch.episodes]))
         if multihost.is_multihost():
             rollout = multihost.global_training_batch(rollout, plan, ctx.mesh)

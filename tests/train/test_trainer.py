@@ -332,7 +332,7 @@ def test_step_credit_compares_the_turns_taken_from_one_state_on_a_real_rollout(t
     import dataclasses
 
     from pilotrl_jax.rewards import compute_rewards
-    from pilotrl_jax.rewards.shaping import anchor_keys
+    from pilotrl_jax.rl.turn_credit import anchor_keys, turn_credit
 
     ctx, st, params, batch = _real_stage3_rollout(tmp_path, seed=5)
     arr = batch.to_arrays()
@@ -340,9 +340,10 @@ def test_step_credit_compares_the_turns_taken_from_one_state_on_a_real_rollout(t
     eps = batch.episodes
     won = [b % 3 == 0 for b in range(len(eps))]  # outcomes the untrained model cannot reach, assigned
     rewards = compute_rewards([dict(won=w) for w in won], st.reward)
-    cfg = dataclasses.replace(st.reward, outcome="won", step_advantage_weight=1.0, step_gamma=0.9, step_norm="mean")
-    credit = T.turn_credit(eps, rewards, cfg, Tn)
-    assert T.turn_credit(eps, rewards, dataclasses.replace(cfg, step_advantage_weight=0.0), Tn) is None
+    cfg = dataclasses.replace(st.ppo, step_advantage_weight=1.0, step_gamma=0.9, step_norm="mean")
+    outcome = rewards.components["outcome"]
+    credit = turn_credit(eps, outcome, cfg, Tn)
+    assert turn_credit(eps, outcome, dataclasses.replace(cfg, step_advantage_weight=0.0), Tn) is None
     on = credit != 0
     assert on.any() and (arr["kind_ids"][on] == int(SpanKind.ACTION)).all()
     act = arr["kind_ids"] == int(SpanKind.ACTION)

@@ -38,27 +38,7 @@ from pilotrl_jax.rl.optimizer import apply_update, lr_schedule, make_optimizer, 
 from pilotrl_jax.rl.ppo_config import LR_SCHEDULES, OLD_LOGPROBS, PPOConfig  # noqa: F401 (the config's home; re-used by callers as ppo.PPOConfig)
 from pilotrl_jax.rl.scoring import critic_values, init_critic_params, policy_logprobs_entropy  # noqa: F401
 from pilotrl_jax.rl.train_state import TrainState, init_train_state, train_state_shardings  # noqa: F401
-
-class CountingJit:
-    """A jitted function that counts how many times it was traced (== compiled, per input signature)."""
-
-    def __init__(self, fn: Callable, **jit_kwargs):
-        self.num_traces = 0
-
-        @functools.wraps(fn)
-        def counted(*args):
-            self.num_traces += 1
-            return fn(*args)
-
-        self._jitted = jax.jit(counted, **jit_kwargs)
-
-    def __call__(self, *args):
-        """Run the jitted function."""
-        return self._jitted(*args)
-
-    def lower(self, *args):
-        """Lower for inspection (HLO, cost analysis)."""
-        return self._jitted.lower(*args)
+from pilotrl_jax.traces import CountingJit
 
 
 def make_logprob_fn(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, chunks: Optional[int] = None) -> CountingJit:

@@ -1,6 +1,7 @@
 """Batched KV-cache sampling: the functional `generate` and the multi-turn `SamplerEngine`."""
 from pilotrl_jax.sampling.api import generate
-from pilotrl_jax.sampling.engine import STOP_REASONS, GenerationResult, SamplerEngine, trace_counts
+from pilotrl_jax.sampling.engine import STOP_REASONS, GenerationResult, SamplerEngine
+from pilotrl_jax.traces import trace_counts
 from pilotrl_jax.sampling.filters import filter_logits, sample_tokens
 from pilotrl_jax.sampling.stops import StopStrings
 

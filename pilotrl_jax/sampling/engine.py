@@ -25,7 +25,7 @@ Design:
   padding rows point past the cache and are masked) and a window of the first W cache slots (W a
   power of two >= 64, at most max_len, covering the longest row plus max_new_tokens), so attention
   reads only W slots. Prefill chunks have power-of-two lengths (16 .. prefill_chunk). A run compiles
-  a handful of times: `trace_counts()` counts traces per jitted function.
+  a handful of times: `pilotrl_jax.traces.trace_counts()` counts traces per jitted function.
 - Decode runs on device in a `lax.while_loop` of up to `decode_chunk` steps that ends early when
   every row is done. Stop strings are checked on the host between chunks (`stops.StopStrings`);
   a chunk also ends once every running row sampled a token that could complete a stop string.
@@ -55,20 +55,13 @@ from pilotrl_jax.models import llama
 from pilotrl_jax.models.config import LlamaConfig
 from pilotrl_jax.sampling import filters
 from pilotrl_jax.sampling.stops import StopStrings, check_stop_strings, trigger_table
+from pilotrl_jax.traces import count_trace
 
 STOP_REASONS = ("running", "eos", "stop_string", "max_tokens", "cache_full")
 _RUNNING, _EOS, _STOP, _MAX, _FULL = range(5)
 CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
 MIN_WINDOW = 64
 MIN_PREFILL = 16
-
-TRACE_COUNTS: collections.Counter = collections.Counter()
-
-
-def trace_counts() -> dict:
-    """How many times each jitted engine function was traced (≈ compiled) in this process."""
-    return dict(TRACE_COUNTS)
-
 
 @dataclasses.dataclass
 class GenerationResult:
@@ -138,7 +131,7 @@ def _constrain(cache, mesh):
 @functools.partial(jax.jit, static_argnames=("window", "mesh"))
 def _gather(cache, rows, *, window, mesh):
     """Rows `rows` (out-of-range → zeros) and the first `window` slots of the cache."""
-    TRACE_COUNTS["gather"] += 1
+    count_trace("gather")
     # axis b = the batch axis: 1 in a stacked [L, B, S, ...] leaf, 0 in a per-layer [B, S, ...] one
     sub = jax.tree.map(lambda x: jnp.take(jax.lax.slice_in_dim(x, 0, window, axis=x.ndim - 3), rows,
                                           axis=x.ndim - 4, mode="fill", fill_value=0), cache)
@@ -148,7 +141,7 @@ def _gather(cache, rows, *, window, mesh):
 @functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("cache",))
 def _scatter(cache, sub, rows, *, mesh):
     """Write a sub-cache back into its rows (out-of-range rows dropped)."""
-    TRACE_COUNTS["scatter"] += 1
+    count_trace("scatter")
     out = jax.tree.map(lambda x, s: x.at[(slice(None),) * (x.ndim - 4) + (rows, slice(0, s.shape[-3]))].set(
         s, mode="drop"), cache, sub)
     return _constrain(out, mesh)
@@ -157,7 +150,7 @@ def _scatter(cache, sub, rows, *, mesh):
 @functools.partial(jax.jit, static_argnames=("config", "mesh"), donate_argnames=("cache",))
 def _prefill(config, params, cache, ids, pos, *, mesh):
     """Write the keys/values of tokens `ids` [B, C] at `pos` [B, C] into the cache."""
-    TRACE_COUNTS["prefill"] += 1
+    count_trace("prefill")
     _, cache = llama.forward_with_cache(config, params, ids, pos, cache)
     return _constrain(cache, mesh)
 
@@ -165,7 +158,7 @@ def _prefill(config, params, cache, ids, pos, *, mesh):
 @functools.partial(jax.jit, static_argnames=("config", "mode", "chunk", "mesh"), donate_argnames=("cache",))
 def _decode(config, params, cache, state, stop_table, trigger, sampling, n_steps, max_len, *, mode, chunk, mesh):
     """Up to `n_steps` (<= chunk) decode steps: feed each row's pending token, sample the next one."""
-    TRACE_COUNTS["decode"] += 1
+    count_trace("decode")
     B = state["tok"].shape[0]
     W = jax.tree.leaves(cache)[0].shape[-3]
     temperature, top_k, top_p = sampling

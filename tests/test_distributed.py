@@ -19,7 +19,7 @@ from pilotrl_jax.rl import metrics as M
 from pilotrl_jax.rl import ppo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "dist_ppo_worker.py")
+WORKER = os.path.join(ROOT, "tests", "dist_workers", "ppo_worker.py")
 
 
 # ----------------------------------------------------------------------------- initialize / helpers

@@ -14,7 +14,7 @@ import pytest
 from pilotrl_jax.train import multihost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "dist_trainer_worker.py")
+WORKER = os.path.join(ROOT, "tests", "dist_workers", "trainer_worker.py")
 
 
 def _free_port() -> int:
@@ -180,7 +180,7 @@ def _check_first_rl_step(tmp_path):
     from pilotrl_jax.rl import ppo
     from pilotrl_jax.train import config as C
 
-    spec = importlib.util.spec_from_file_location("dist_trainer_config", os.path.join(ROOT, "tests", "dist_trainer_config.py"))
+    spec = importlib.util.spec_from_file_location("trainer_config", os.path.join(ROOT, "tests", "dist_workers", "trainer_config.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = mod.get_config()

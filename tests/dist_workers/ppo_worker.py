@@ -1,7 +1,7 @@
 """One process of a multi-process PPO run on CPU, as each worker of a TPU pod would run it.
 
 Started by tests/test_distributed.py (N copies, loopback coordinator):
-    python tests/dist_ppo_worker.py --mode train|resume --workdir DIR --steps 3 --save-at 2
+    python tests/dist_workers/ppo_worker.py --mode train|resume --workdir DIR --steps 3 --save-at 2
 Env: PILOTRL_COORDINATOR, PILOTRL_NUM_PROCESSES, PILOTRL_PROCESS_ID, PILOTRL_CPU_DEVICES.
 
 train: init -> steps 1..N, an Orbax checkpoint of the sharded TrainState after step `save-at`

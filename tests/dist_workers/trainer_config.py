@@ -1,9 +1,9 @@
 """The trainer config of tests/test_multihost_trainer.py: configs/smoke.py made small enough for a
-two-process run (loaded by path by the test and by tests/dist_trainer_worker.py)."""
+two-process run (loaded by path by the test and by tests/dist_workers/trainer_worker.py)."""
 import importlib.util
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def get_config(pipeline: str = "sft,stage1"):

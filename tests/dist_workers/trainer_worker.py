@@ -1,7 +1,7 @@
 """One process of a multi-host trainer run on CPU, as each worker of a TPU pod would run it.
 
 Started by tests/test_multihost_trainer.py (2 copies, loopback coordinator; env PILOTRL_*):
-    python tests/dist_trainer_worker.py --mode helpers|train --workdir DIR
+    python tests/dist_workers/trainer_worker.py --mode helpers|train --workdir DIR
 
 helpers: the multi-host pieces on synthetic data (row plans for a sharded, a replicated and a
          host-interleaved mesh, global batches from per-host rows, host-local param copies, JSON
@@ -18,7 +18,8 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 from pilotrl_jax import distributed as dist  # noqa: E402
@@ -40,8 +41,8 @@ def fingerprint(params) -> list:
 
 
 def trainer_config():
-    """tests/dist_trainer_config.py (loaded by path)."""
-    spec = importlib.util.spec_from_file_location("dist_trainer_config", os.path.join(ROOT, "tests", "dist_trainer_config.py"))
+    """tests/dist_workers/trainer_config.py (loaded by path)."""
+    spec = importlib.util.spec_from_file_location("trainer_config", os.path.join(HERE, "trainer_config.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config()

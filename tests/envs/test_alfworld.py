@@ -348,7 +348,7 @@ def test_small_rooms_are_small_and_still_split_by_layout(small_games, games, tmp
 
 
 def test_few_rooms_draw_goals_from_six_object_classes_per_room_and_the_expert_solves_them(tmp_path):
-    from pilotrl_jax.envs.alfworld_gen import FEW_ROOMS, SMALL_ROOMS
+    from pilotrl_jax.envs.alfworld_rooms import FEW_ROOMS, SMALL_ROOMS
 
     tasks = generate_tasks(str(tmp_path), 40, 16, seed=5, task_types=_SMALL_TYPES, room_size="few")
     assert load_manifest(str(tmp_path))["config"]["room_size"] == "few"

@@ -105,7 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
         train_split="train",
         eval_split="heldout",
         task_types="",  # comma-separated subset (alfworld), "" = all
-        room_size="full",  # alfworld generator: "full" or "small" rooms (alfworld_gen.SMALL_ROOMS)
+        room_size="full",  # alfworld generator: "full" or "small" rooms (envs.alfworld_rooms.SMALL_ROOMS)
         train_layouts=0,  # alfworld: room layouts the train tasks are spread over; 0 = one per few tasks
         # (6, "few" rooms 3); k > 0 fits more train tasks in k layouts (held-out unchanged when k = default)
         isolate=False,  # each env in its own process (needed for parallel JVM envs)

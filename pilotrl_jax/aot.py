@@ -34,15 +34,32 @@ such as `v5p-32`, `v4-16`, `v5litepod-16`, `v6e-8`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import math
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
-from pilotrl_jax.train.memory_plan import DEVICE_MEMORY, GIB
+from pilotrl_jax.aot_compile import (  # noqa: F401 (AOTError, topology_name, num_hosts: the CLI's API)
+    AOTError,
+    Row,
+    abstract_array,
+    abstract_params,
+    abstract_train_state,
+    compile_decode,
+    compile_logprobs,
+    compile_ppo_step,
+    compile_prefill,
+    compile_values,
+    hbm_bytes,
+    num_hosts,
+    sampler_mesh,
+    topology_devices,
+    topology_mesh,
+    topology_name,
+    tree_bytes_per_chip,
+)
+from pilotrl_jax.train.memory_plan import GIB
 
 # Config keys this check once had for settings the trainer decides elsewhere: refused by name.
 _RETIRED_AOT_KEYS = {
@@ -53,19 +70,6 @@ _RETIRED_AOT_KEYS = {
 # Peak dense bf16 FLOP/s per chip by device kind (for the ideal-time column).
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v5p": 459e12,
               "TPU v6 lite": 918e12, "TPU v6e": 918e12}
-
-# Standard slice shapes by chip count (v4/v5p are 3-D tori, v5e/v6e 2-D).
-_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
-_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-# slice-name prefix -> (topology prefix, cores per chip counted in the slice name, 3-D?)
-_SLICE_KINDS = {"v4": ("v4", 2, True), "v5p": ("v5p", 2, True), "v5litepod": ("v5e", 1, False),
-                "v5e": ("v5e", 1, False), "v6e": ("v6e", 1, False)}
-
-
-class AOTError(ValueError):
-    """A config or topology the AOT check cannot use; the message names the input and the fix."""
-
 
 # ----------------------------------------------------------------------------- configs
 
@@ -88,11 +92,6 @@ def load_config(spec: str):
     if not hasattr(mod, "get_config"):
         raise AOTError(f"--config {path!r} has no get_config(); define `def get_config(arg=None) -> ConfigDict`")
     return mod.get_config(arg) if arg else mod.get_config()
-
-
-def _plain(x):
-    """ConfigDict/FrozenConfigDict -> plain dict (recursively); other values unchanged."""
-    return x.to_dict() if hasattr(x, "to_dict") else x
 
 
 def _aot(cfg, key: str, default):
@@ -237,341 +236,6 @@ def plan_summary(p) -> str:
     return text + "".join(f"\n  - does not fit: {f}" for f in p.fixes)
 
 
-# ----------------------------------------------------------------------------- topology
-
-
-def topology_name(name: str) -> str:
-    """`v5p:2x2x4` stays; a slice name such as `v5p-32`, `v4-16`, `v5litepod-16`, `v6e-8` is converted."""
-    if ":" in name:
-        return name
-    kind, sep, count = name.rpartition("-")
-    if not sep or kind not in _SLICE_KINDS or not count.isdigit():
-        raise AOTError(f"--topology {name!r}: expected e.g. 'v5p:2x2x4' or a slice name like 'v5p-32', "
-                       f"'v4-16', 'v5litepod-16', 'v6e-8' (kinds {sorted(_SLICE_KINDS)})")
-    prefix, cores, three_d = _SLICE_KINDS[kind]
-    chips = int(count) // cores
-    shapes = _SHAPES_3D if three_d else _SHAPES_2D
-    if chips not in shapes:
-        raise AOTError(f"--topology {name!r}: no standard shape for {chips} chips; pass it as "
-                       f"'{prefix}:AxBxC' (known: {sorted(shapes)} chips)")
-    return f"{prefix}:{shapes[chips]}"
-
-
-def topology_devices(name: str) -> list:
-    """The TPU devices of a topology, compiled-for but not attached (needs libtpu installed)."""
-    from jax.experimental import topologies
-
-    topo = topology_name(name)
-    # No TPU here: libtpu must not take its one-process lock (other compiles may run beside this one)
-    # nor wait for a TPU VM's metadata server.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    # v4 runs with one device per chip (megacore, as on a v4 TPU VM), not one per TensorCore
-    kw = {"chip_config_name": "megacore"} if topo.startswith("v4:") else {}
-    try:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo, **kw)
-    except Exception as e:  # noqa: BLE001 - libtpu raises assorted types
-        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        if "lockfile" in msg:
-            hint = "another process holds libtpu; set ALLOW_MULTIPLE_LIBTPU_LOAD=1 or wait for it"
-        elif "topology" in msg.lower() or "invalid" in msg.lower():
-            hint = "check the topology name (e.g. v5p:2x2x4, v5e:2x2, v4:2x2x2)"
-        else:
-            hint = "install libtpu into this environment (pip install 'libtpu==0.0.42.*', the version jax[tpu]==0.10.2 pins)"
-        raise AOTError(f"cannot get TPU topology {topo!r}: {msg}; {hint}") from None
-    return list(desc.devices)
-
-
-def hbm_bytes(device) -> int:
-    """HBM per chip for a TPU device kind (from a table; raise naming the kind if unknown)."""
-    kind = device.device_kind
-    if kind not in DEVICE_MEMORY:
-        raise AOTError(f"unknown TPU device kind {kind!r}; add its HBM to DEVICE_MEMORY in "
-                       "pilotrl_jax/train/memory_plan.py")
-    return DEVICE_MEMORY[kind]
-
-
-def topology_mesh(cfg, devices):
-    """The config's (data, fsdp, tensor) mesh over the topology's devices."""
-    from pilotrl_jax import sharding as sh
-
-    try:
-        return sh.make_mesh(_plain(cfg.mesh), devices)
-    except ValueError as e:
-        raise AOTError(f"config.mesh {_plain(cfg.mesh)} does not fit the topology ({len(devices)} chips): {e}") from None
-
-
-def num_hosts(devices) -> int:
-    """Hosts (worker VMs) of the topology."""
-    return len({d.process_index for d in devices})
-
-
-def host_devices(devices, topology: str) -> list:
-    """One host's chips, as a host-sized topology of their own when their coordinates form a box
-    (XLA will not compile for a few chips of some slices, e.g. v5e:8x8), else the chips themselves."""
-    import math as _m
-
-    first = min(d.process_index for d in devices)
-    local = [d for d in devices if d.process_index == first]
-    prefix, _, dims = topology_name(topology).partition(":")
-    n = len(dims.split("x"))
-    bounds = [max(d.coords[i] for d in local) - min(d.coords[i] for d in local) + 1 for i in range(n)]
-    if _m.prod(bounds) != len(local):
-        return local
-    try:
-        return topology_devices(f"{prefix}:{'x'.join(str(b) for b in bounds)}")
-    except AOTError:
-        return local
-
-
-def sampler_mesh(cfg, devices, topology: str):
-    """The sampler's mesh: the training mesh on one host; one host's chips on several (host-local sampler)."""
-    from pilotrl_jax import sharding as sh
-    from pilotrl_jax.train.multihost import sampler_mesh_shape
-
-    if num_hosts(devices) == 1:
-        return topology_mesh(cfg, devices)
-    local = host_devices(devices, topology)
-    return sh.make_mesh(sampler_mesh_shape(_plain(cfg.mesh), len(local)), local)
-
-
-# ----------------------------------------------------------------------------- abstract inputs
-
-
-def _sds(shape, dtype, sharding):
-    import jax
-
-    return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
-
-
-def abstract_params(model_cfg, mesh, dtype=None):
-    """ShapeDtypeStructs of the params, with rules-table shardings (floating leaves in `dtype` if given)."""
-    import jax
-    import jax.numpy as jnp
-    from pilotrl_jax.models import llama
-
-    def one(s, sh_):
-        dt = dtype if dtype is not None and jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
-        return _sds(s.shape, dt, sh_)
-
-    return jax.tree.map(one, llama.param_shapes(model_cfg), llama.param_shardings(model_cfg, mesh))
-
-
-def abstract_train_state(model_cfg, ppo_cfg, mesh):
-    """ShapeDtypeStructs of a TrainState (params, optimizer moments, ...) with their shardings."""
-    import jax
-    import jax.numpy as jnp
-    from pilotrl_jax.models import llama
-    from pilotrl_jax.rl import ppo
-
-    pshape = llama.param_shapes(model_cfg)
-    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    shapes = jax.eval_shape(lambda p, r: ppo.init_train_state(model_cfg, ppo_cfg, p, r), pshape, rng)
-    shards = ppo.train_state_shardings(model_cfg, ppo_cfg, mesh)
-    return jax.tree.map(lambda s, sh_: _sds(s.shape, s.dtype, sh_), shapes, shards)
-
-
-def abstract_ppo_batch(ppo_cfg, mesh, rows: int, length: int) -> dict:
-    """ShapeDtypeStructs of a [rows, length] PPO batch (the keys the step needs for this config)."""
-    import jax.numpy as jnp
-    from pilotrl_jax.rl import ppo
-
-    s = ppo.batch_sharding(mesh)
-    keys = {"input_ids": jnp.int32, "attention_mask": jnp.int32, "loss_mask": jnp.float32,
-            "advantages": jnp.float32, "old_logprobs": jnp.float32}
-    if ppo_cfg.kl_in_loss:
-        keys["ref_logprobs"] = jnp.float32
-    if ppo_cfg.use_critic:
-        keys.update(returns=jnp.float32, old_values=jnp.float32)
-    return {k: _sds((rows, length), dt, s) for k, dt in keys.items()}
-
-
-def tree_bytes_per_chip(tree) -> int:
-    """Bytes one chip holds of a tree of sharded ShapeDtypeStructs (largest shard per leaf)."""
-    import jax
-    import numpy as np
-
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shard = leaf.sharding.shard_shape(leaf.shape)
-        total += int(np.prod(shard, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
-    return total
-
-
-# ----------------------------------------------------------------------------- compile + analyse
-
-
-@dataclasses.dataclass
-class Row:
-    """One compiled function's per-chip numbers."""
-
-    name: str
-    shape: str
-    tokens: int
-    args: int = 0
-    outputs: int = 0
-    alias: int = 0
-    temps: int = 0
-    resident: int = 0  # what the trainer keeps in HBM beside this function (train state, sampler engine, ...)
-    flops: float = 0.0  # HLO cost analysis, per chip (loop bodies counted once)
-    model_flops: float = 0.0  # analytic, whole call, all chips (see model_flops_per_token)
-    compile_s: float = 0.0
-    hbm: int = 0
-    error: str = ""
-    chips: int = 0  # chips the call runs on (0 = the whole slice; a host-local sampler uses one host's)
-
-    @property
-    def peak(self) -> int:
-        """Per-chip bytes while the function runs: args + outputs - donated + temps + resident state."""
-        return self.args + self.outputs - self.alias + self.temps + self.resident
-
-    def fits(self, fraction: float) -> bool:
-        """Whether the peak stays under `fraction` of the chip's HBM."""
-        return not self.error and self.peak < fraction * self.hbm
-
-
-def _analyse(row: Row, lowered) -> Row:
-    t0 = time.perf_counter()
-    try:
-        compiled = lowered.compile()
-    except Exception as e:  # noqa: BLE001 - XLA reports OOM and friends as assorted errors
-        row.error = str(e).splitlines()[0][:200]
-        row.compile_s = time.perf_counter() - t0
-        return row
-    row.compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    if mem is not None:
-        row.args, row.outputs = mem.argument_size_in_bytes, mem.output_size_in_bytes
-        row.alias, row.temps = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    row.flops = float((cost or {}).get("flops", 0.0))
-    return row
-
-
-def model_flops_per_token(mc, context: int, train: bool) -> float:
-    """Analytic FLOPs per token: 2*N_matmul + 4*L*context*H*Dh (dense attention), x3 for training.
-
-    N_matmul excludes the embedding table (a lookup); remat recomputation is not counted (MFU convention)."""
-    n = mc.num_params - (0 if mc.tie_word_embeddings else mc.vocab_size * mc.hidden_size)
-    fwd = 2 * n + 4 * mc.num_layers * context * mc.num_heads * mc.head_dim
-    return fwd * (3 if train else 1)
-
-
-def compile_ppo_step(model_cfg, pc, mesh, rows: int, T: int) -> Row:
-    """Compile the PPO step for a [rows, T] batch and return its Row."""
-    from pilotrl_jax.rl import ppo
-
-    n = pc.num_mini_batches * pc.num_micro_batches
-    mb = rows // n
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    row = Row(f"ppo_step T={T}", f"{pc.num_mini_batches}x{pc.num_micro_batches}x{mb} rows", rows * T * pc.epochs)
-    row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=True)
-    if mb % shards:
-        row.error = (f"micro-batch of {mb} rows is not a multiple of data*fsdp={shards}; lower "
-                     "rl.num_micro_batches or change config.mesh")
-        return row
-    step = ppo.make_ppo_step(model_cfg, pc, mesh, donate=True)
-    state = abstract_train_state(model_cfg, pc, mesh)
-    batch = abstract_ppo_batch(pc, mesh, rows, T)
-    return _analyse(row, step.jitted.lower(state, batch))
-
-
-def compile_logprobs(model_cfg, pc, mesh, rows: int, T: int) -> Row:
-    """Compile the old/reference log-prob forward over a whole [rows, T] PPO batch (in the step's chunks)."""
-    from pilotrl_jax.rl import ppo
-    import jax.numpy as jnp
-
-    chunks = pc.num_mini_batches * pc.num_micro_batches
-    fn = ppo.make_logprob_fn(model_cfg, pc, mesh, chunks)
-    s = ppo.batch_sharding(mesh)
-    batch = {"input_ids": _sds((rows, T), jnp.int32, s), "attention_mask": _sds((rows, T), jnp.int32, s)}
-    row = Row(f"logprobs T={T}", f"{chunks} chunks x{rows // chunks} rows", rows * T)
-    row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=False)
-    return _analyse(row, fn.lower(abstract_params(model_cfg, mesh), batch))
-
-
-def compile_values(model_cfg, pc, mesh, rows: int, T: int) -> Row:
-    """Compile the critic's value forward over a whole [rows, T] PPO batch."""
-    import jax
-    import jax.numpy as jnp
-    from pilotrl_jax.models import llama
-    from pilotrl_jax.rl import ppo
-
-    pc = dataclasses.replace(pc, use_critic=True, advantage_estimator="gae")
-    chunks = pc.num_mini_batches * pc.num_micro_batches
-    fn = ppo.make_value_fn(model_cfg, pc, mesh, chunks)
-    shards = ppo.train_state_shardings(model_cfg, pc, mesh).critic_params
-    shapes = jax.eval_shape(ppo.init_critic_params, llama.param_shapes(model_cfg))
-    cparams = jax.tree.map(lambda a, b: _sds(a.shape, a.dtype, b), shapes, shards)
-    s = ppo.batch_sharding(mesh)
-    batch = {"input_ids": _sds((rows, T), jnp.int32, s), "attention_mask": _sds((rows, T), jnp.int32, s)}
-    row = Row(f"critic_values T={T}", f"{chunks} chunks x{rows // chunks} rows", rows * T)
-    row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=False)
-    return _analyse(row, fn.lower(cparams, batch))
-
-
-def _sampler_inputs(model_cfg, mesh, B: int, W: int, params_dtype=None):
-    from pilotrl_jax import sharding as sh
-    from pilotrl_jax.models import llama
-    from pilotrl_jax.sampling import engine
-
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if B % shards:
-        raise AOTError(f"the sampler's {B} rows (rollout.max_batch) are not a multiple of data*fsdp={shards}; "
-                       "the cache's rows are sharded over them")
-    dt = llama.dtype_of(model_cfg.dtype)  # the engine's default cache dtype
-    dcfg = engine.decode_config(model_cfg)  # the engine decodes layer by layer, scanned model or not
-    cache = engine.cache_structure(dcfg, B, W, dt,
-                                   lambda shape, d, axes: _sds(shape, d, sh.named_sharding(mesh, axes, shape)))
-    return dcfg, abstract_params(dcfg, mesh, params_dtype), cache
-
-
-def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int, params_dtype=None, label: str = "") -> Row:
-    """Compile one sampler prefill chunk over every cache row (B) at the full window (W)."""
-    import jax.numpy as jnp
-    from pilotrl_jax.sampling import engine
-
-    dcfg, params, cache = _sampler_inputs(model_cfg, mesh, B, W, params_dtype)
-    C = engine.pow2_bucket(int(chunk), engine.MIN_PREFILL)
-    s = _row_sharding(mesh, B, 2)
-    ids, pos = _sds((B, C), jnp.int32, s), _sds((B, C), jnp.int32, s)
-    row = Row(f"{label}prefill C={C}", f"B={B} W={W}", B * C, chips=int(mesh.devices.size))
-    row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
-    return _analyse(row, engine._prefill.lower(dcfg, params, cache, ids, pos, mesh=mesh))
-
-
-def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0, params_dtype=None, label: str = "") -> Row:
-    """Compile the sampler's decode loop (`chunk` steps) over every cache row (B) at the full window (W)."""
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from pilotrl_jax.sampling import engine, filters
-
-    dcfg, params, cache = _sampler_inputs(model_cfg, mesh, B, W, params_dtype)
-    s = _row_sharding(mesh, B)
-    rep = NamedSharding(mesh, P())
-    state = {"tok": _sds((B,), jnp.int32, s), "pos": _sds((B,), jnp.int32, s), "done": _sds((B,), jnp.bool_, s),
-             "reason": _sds((B,), jnp.int32, s), "n_new": _sds((B,), jnp.int32, s),
-             "limit": _sds((B,), jnp.int32, s), "keys": _sds((B, 2), jnp.uint32, _row_sharding(mesh, B, 2))}
-    table = _sds((model_cfg.vocab_size,), jnp.bool_, rep)
-    sampling = (_sds((), jnp.float32, rep), _sds((), jnp.int32, rep), _sds((), jnp.float32, rep))
-    scalar = _sds((), jnp.int32, rep)
-    mode = filters.mode_for(float(temperature), int(top_k), float(top_p))
-    chunk = int(chunk)
-    row = Row(f"{label}decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk, chips=int(mesh.devices.size))
-    row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
-    return _analyse(row, engine._decode.lower(dcfg, params, cache, state, table, table, sampling, scalar, scalar,
-                                              mode=mode, chunk=chunk, mesh=mesh))
-
-
-def _row_sharding(mesh, rows: int, ndim: int = 1):
-    from pilotrl_jax import sharding as sh
-
-    return sh.batch_sharding(mesh, ndim, rows)
-
-
 # ----------------------------------------------------------------------------- driver
 
 
@@ -582,7 +246,7 @@ def kv_cache_bytes_per_chip(model_cfg, mesh, rows: int, window: int) -> int:
     from pilotrl_jax.sampling import engine
 
     cache = engine.cache_structure(engine.decode_config(model_cfg), rows, window, llama.dtype_of(model_cfg.dtype),
-                                   lambda shape, d, axes: _sds(shape, d, sh.named_sharding(mesh, axes, shape)))
+                                   lambda shape, d, axes: abstract_array(shape, d, sh.named_sharding(mesh, axes, shape)))
     return tree_bytes_per_chip(cache)
 
 

@@ -35,7 +35,7 @@ from pilotrl_jax.rl import masks as masks_lib
 from pilotrl_jax.rl import metrics as M
 from pilotrl_jax.rl.batching import batch_sharding, check_batch, constrain, micro_split
 from pilotrl_jax.rl.optimizer import apply_update, lr_schedule, make_optimizer, update_count
-from pilotrl_jax.rl.ppo_config import LR_SCHEDULES, OLD_LOGPROBS, PPOConfig  # noqa: F401 (the config's home; re-used by callers as ppo.PPOConfig)
+from pilotrl_jax.rl.ppo_config import PPOConfig
 from pilotrl_jax.rl.scoring import critic_values, init_critic_params, policy_logprobs_entropy  # noqa: F401
 from pilotrl_jax.rl.train_state import TrainState, init_train_state, train_state_shardings  # noqa: F401
 from pilotrl_jax.traces import CountingJit

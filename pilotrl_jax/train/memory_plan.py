@@ -37,274 +37,24 @@ Behaviour of `check` (called by `trainer.run_pipeline` before any params exist):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-GIB = 1024 ** 3
-BUDGET_FRACTION = 0.9  # of a device's reported memory: room for what the estimate leaves out
-LOGITS_CHUNK_HINT = 1024  # rl.logits_chunk_size the messages suggest
-
-# Bytes per device by `jax.Device.device_kind`, used when the device does not report its limit.
-DEVICE_MEMORY = {
-    "TPU v4": 32 * GIB,
-    "TPU v5 lite": 16 * GIB,  # v5e
-    "TPU v5": 95 * GIB,  # v5p
-    "TPU v5p": 95 * GIB,
-    "TPU v6 lite": 32 * GIB,  # v6e (Trillium)
-    "TPU v6e": 32 * GIB,
-    "NVIDIA H200": 143771 * 1024 ** 2,
-    "NVIDIA H100 80GB HBM3": 81559 * 1024 ** 2,
-    "NVIDIA A100-SXM4-80GB": 81920 * 1024 ** 2,
-    "NVIDIA A100-SXM4-40GB": 40960 * 1024 ** 2,
-}
-
-_ITEMSIZE = {"float32": 4, "bfloat16": 2}
-
-
-class MemoryPlanError(ValueError):
-    """A stage that does not fit the devices' memory; the message names the keys to change."""
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class Devices:
-    """The devices of a run as the plan sees them (plain numbers: tests simulate any host)."""
-
-    count: int  # devices of the training mesh, all hosts
-    hosts: int = 1
-    memory: int = 0  # bytes one device may use (0 = unknown)
-    kind: str = ""
-    source: str = ""  # where `memory` came from
-
-    @property
-    def local(self) -> int:
-        """Devices of one host (the sampler's, on several hosts)."""
-        return max(1, self.count // max(1, self.hosts))
-
-
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """The integers a stage's plan depends on."""
-
-    mesh: tuple  # (data, fsdp, tensor) of the training mesh
-    sampler_mesh: tuple  # (data, fsdp, tensor) of the sampler engines' mesh (one host's on several hosts)
-    hosts: int
-    rows: int  # PPO rows per step
-    micro_rows: int  # rows of one PPO micro-batch (whole mesh)
-    seq_len: int  # the longest PPO batch length
-    sampler_rows: int  # the rollout engine's rows (one host)
-    eval_rows: int  # the stage-end evaluation engine's rows (one host)
-    eval_rows_during: int  # rows of the evaluation engine beside the rollout engine (eval.every > 0), else 0
-    window: int  # cache slots (agent.token_budget)
-    prefill_chunk: int
-    critic: bool = False
-    ref: bool = False
-    logits_chunk: int = 0  # rl.logits_chunk_size (0 = every position at once)
-    batch_keys: int = 6  # [rows, seq_len] arrays of the PPO batch
-
-
-@dataclasses.dataclass(frozen=True)
-class Term:
-    """One per-device memory term: name, bytes, and the arithmetic behind them."""
-
-    name: str
-    bytes: int
-    how: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """Per-device terms of each phase of a stage (every phase lists all it holds)."""
-
-    phases: dict  # phase name -> tuple of Terms
-
-    def total(self, phase: str) -> int:
-        """Bytes per device during `phase`."""
-        return sum(t.bytes for t in self.phases[phase])
-
-    @property
-    def peak_phase(self) -> str:
-        """The phase that needs the most memory."""
-        return max(self.phases, key=self.total)
-
-    @property
-    def peak(self) -> int:
-        """Bytes per device at the stage's peak."""
-        return self.total(self.peak_phase)
-
-    @property
-    def train_peak(self) -> int:
-        """Bytes per device at the peak of the training loop (rollout and update; not the stage-end evaluation)."""
-        return max(self.total(p) for p in self.phases if p != "eval")
-
-    def table(self, phase: Optional[str] = None) -> str:
-        """The terms of `phase` (default: the peak's), one per line, with their arithmetic."""
-        phase = phase or self.peak_phase
-        lines = [f"  {t.name:<34} {gib(t.bytes):>10}  {t.how}" for t in self.phases[phase]]
-        return "\n".join(lines + [f"  {'= ' + phase + ' phase':<34} {gib(self.total(phase)):>10}"])
-
-
-def gib(x: float) -> str:
-    """Bytes as GiB (TiB when huge), one decimal."""
-    return f"{x / GIB / 1024:.1f} TiB" if x >= 1024 * GIB else f"{x / GIB:.1f} GiB"
-
-
-# ----------------------------------------------------------------------------- arithmetic (pure)
-
-
-def itemsize(dtype: str) -> int:
-    """Bytes per element of a model dtype name."""
-    if dtype not in _ITEMSIZE:
-        raise ValueError(f"dtype {dtype!r}; expected one of {sorted(_ITEMSIZE)}")
-    return _ITEMSIZE[dtype]
-
-
-def split(n: int, ways: int) -> int:
-    """Ways a dimension of size n splits over `ways` devices (the sharding rules drop an axis that does not divide)."""
-    return ways if ways > 1 and n % ways == 0 else 1
-
-
-def row_split(rows: int, data: int, fsdp: int) -> int:
-    """Ways `rows` batch rows are split over the (data, fsdp) axes, as `sharding.logical_to_spec` keeps them."""
-    k = split(rows, data)
-    return k * (fsdp if fsdp > 1 and rows % (k * fsdp) == 0 else 1)
-
-
-def param_bytes(mc, shards: int, dtype: Optional[str] = None) -> int:
-    """One device's share of the params in `dtype` (default model.param_dtype) over `shards` devices."""
-    return -(-mc.num_params * itemsize(dtype or mc.param_dtype) // max(1, shards))
-
-
-def kv_cache_bytes(mc, rows: int, window: int, mesh: Sequence[int]) -> int:
-    """One device's share of a KV cache of `rows` x `window` slots (rows over data x fsdp, kv heads over tensor)."""
-    d, f, t = mesh
-    per_dev = rows // row_split(rows, d, f)
-    kv = mc.num_kv_heads // split(mc.num_kv_heads, t)
-    return 2 * mc.num_layers * per_dev * window * kv * mc.head_dim * itemsize(mc.dtype)
-
-
-def attention_entries(T: int, query_chunk: int) -> int:
-    """Score entries per head of one T-token row in training: the causal blocks of `query_chunk`
-    queries read the keys up to their last query (`llama.Attention`); 0 = the full T x T matrix."""
-    if not 0 < query_chunk < T:
-        return T * T
-    return sum((min(a + query_chunk, T) - a) * min(a + query_chunk, T) for a in range(0, T, query_chunk))
-
-
-def _describe_kv(mc, rows: int, window: int, mesh: Sequence[int]) -> str:
-    d, f, t = mesh
-    per_dev = rows // row_split(rows, d, f)
-    kv = mc.num_kv_heads // split(mc.num_kv_heads, t)
-    return (f"{mc.num_layers} layers x 2 (k, v) x {kv} kv heads x {mc.head_dim} x {itemsize(mc.dtype)} B x "
-            f"{window} slots x {per_dev} rows per device")
-
-
-def _sampler_params_term(mc, g: Geometry) -> Optional[Term]:
-    if g.hosts > 1:
-        sd, sf, stt = g.sampler_mesh
-        return Term("sampler params copy", param_bytes(mc, sf * stt, mc.dtype),
-                    f"{mc.num_params / 1e9:.2f}B x {itemsize(mc.dtype)} B ({mc.dtype} host copy) / "
-                    f"{_plural(sf * stt, 'device')}")
-    if mc.scan_layers:
-        d, f, t = g.mesh
-        return Term("sampler params copy", param_bytes(mc, f * t),
-                    f"scanned layers are decoded from a per-layer copy: {mc.num_params / 1e9:.2f}B x "
-                    f"{itemsize(mc.param_dtype)} B / {_plural(f * t, 'device')}")
-    return None
-
-
-def _state_terms(mc, g: Geometry) -> list:
-    d, f, t = g.mesh
-    pb = itemsize(mc.param_dtype)
-    models = 2 if g.critic else 1
-    out = [Term("train state", 3 * models * param_bytes(mc, f * t),
-                f"{mc.num_params / 1e9:.2f}B params x {3 * pb} B (params + 2 Adam moments, {mc.param_dtype})"
-                + (" x 2 (critic)" if g.critic else "") + f" / {_plural(f * t, 'device')}")]
-    if g.ref:
-        out.append(Term("KL reference params", param_bytes(mc, f * t), "kl_coef > 0 keeps the stage's initial params"))
-    copy = _sampler_params_term(mc, g)
-    if copy is not None:
-        out.append(copy)
-    return out
-
-
-def resident_terms(mc, g: Geometry) -> list:
-    """What a device holds for the whole stage: train state, reference, params copy, KV caches."""
-    out = _state_terms(mc, g)
-    out.append(Term("rollout KV cache", kv_cache_bytes(mc, g.sampler_rows, g.window, g.sampler_mesh),
-                    _describe_kv(mc, g.sampler_rows, g.window, g.sampler_mesh)))
-    if g.eval_rows_during:
-        out.append(Term("eval KV cache (eval.every)", kv_cache_bytes(mc, g.eval_rows_during, g.window, g.sampler_mesh),
-                        _describe_kv(mc, g.eval_rows_during, g.window, g.sampler_mesh)))
-    return out
-
-
-def prefill_terms(mc, rows: int, chunk: int, window: int, mesh: Sequence[int], label: str = "") -> list:
-    """One device's transient memory of an engine's worst-case prefill call (cache of `rows` rows)."""
-    from pilotrl_jax.sampling.engine import pow2_bucket
-
-    d, f, t = mesh
-    batch = pow2_bucket(rows, d * f)  # SamplerEngine.generate's sub-batch over every busy row
-    b = batch // row_split(batch, d, f)
-    heads = mc.num_heads // split(mc.num_heads, t)
-    cb = itemsize(mc.dtype)
-    out = [Term(f"{label}prefill attention", b * heads * chunk * window * (4 + cb),
-                f"{b} rows x {heads} heads x {chunk} x {window} x {4 + cb} B (f32 scores, {mc.dtype} probs)")]
-    if batch != rows:
-        out.append(Term(f"{label}prefill gathered rows", kv_cache_bytes(mc, batch, window, mesh),
-                        f"{rows} rows are not a power of two: calls gather {batch} rows"))
-    return out
-
-
-def update_terms(mc, g: Geometry) -> list:
-    """One device's transient memory of the PPO update (gradients, batch, one micro-batch's activations)."""
-    d, f, t = g.mesh
-    cb = itemsize(mc.dtype)
-    models = 2 if g.critic else 1
-    T = g.seq_len
-    r = g.micro_rows // row_split(g.micro_rows, d, f)
-    rows = g.rows // row_split(g.rows, d, f)
-    D, I = mc.hidden_size, mc.intermediate_size
-    heads = mc.num_heads // split(mc.num_heads, t)
-    proj = (mc.num_heads * mc.head_dim + 2 * mc.num_kv_heads * mc.head_dim + 2 * I) // split(mc.num_heads, t)
-    dots = D * cb + (proj + 2 * D) * 4  # per token: a layer's input and its matmul outputs (kept in float32)
-    probs = heads * attention_entries(T, mc.attention_query_chunk) * (4 + cb)  # per row: softmax (f32) + probs
-    layer = r * (T * (dots + 2 * (I // split(I, t)) * cb) + probs)
-    kept = {"full": r * T * D * cb, "dots_no_batch": r * T * dots,
-            "dots": r * (T * dots + heads * attention_entries(T, mc.attention_query_chunk) * 4),
-            "none": layer}[mc.remat_policy]
-    positions = min(T, g.logits_chunk) if g.logits_chunk else T
-    vocab = mc.vocab_size // split(mc.vocab_size, t)
-    out = [Term("gradients + optimizer temporaries", 3 * models * param_bytes(mc, f * t),
-                f"3 x the params shard ({mc.param_dtype})" + (" x 2 (critic)" if g.critic else "")),
-           Term("PPO batch (+ shuffled copy)", 2 * rows * T * 4 * g.batch_keys,
-                f"2 x {rows} rows x {T} tokens x {g.batch_keys} arrays x 4 B"),
-           Term(f"activations kept ({mc.remat_policy} remat)", mc.num_layers * models * kept,
-                f"{mc.num_layers} layers x {r} rows x {T} tokens" + (" x 2 (critic)" if g.critic else ""))]
-    if mc.remat_policy != "none":
-        out.append(Term("one layer's recompute", layer,
-                        f"{r} rows x {T} tokens, incl. {heads} heads x "
-                        f"{attention_entries(T, mc.attention_query_chunk):,} attention entries x {4 + cb} B"))
-    out.append(Term("LM-head logits", r * positions * vocab * 4 * 2,
-                    f"{r} rows x {positions} positions x {vocab} vocab x 4 B x 2 (logits, their gradient)"))
-    return out
-
-
-def estimate(mc, g: Geometry) -> Estimate:
-    """Per-device bytes of each phase of a stage (see the module docstring)."""
-    resident = resident_terms(mc, g)
-    rollout = resident + prefill_terms(mc, g.sampler_rows, g.prefill_chunk, g.window, g.sampler_mesh)
-    update = resident + update_terms(mc, g)
-    d, f, t = g.mesh
-    params = [Term("params", param_bytes(mc, f * t), f"{mc.num_params / 1e9:.2f}B x {itemsize(mc.param_dtype)} B "
-                   f"/ {_plural(f * t, 'device')}")]
-    copy = _sampler_params_term(mc, g)
-    ev = params + ([copy] if copy else []) + [
-        Term("eval KV cache", kv_cache_bytes(mc, g.eval_rows, g.window, g.sampler_mesh),
-             _describe_kv(mc, g.eval_rows, g.window, g.sampler_mesh))] + prefill_terms(
-        mc, g.eval_rows, g.prefill_chunk, g.window, g.sampler_mesh, "eval ")
-    return Estimate({"rollout": tuple(rollout), "update": tuple(update), "eval": tuple(ev)})
+from pilotrl_jax.train.memory_terms import (  # noqa: F401 (DEVICE_MEMORY, GIB: this module's API too)
+    BUDGET_FRACTION,
+    DEVICE_MEMORY,
+    Devices,
+    Estimate,
+    GIB,
+    Geometry,
+    LOGITS_CHUNK_HINT,
+    MemoryPlanError,
+    describe_kv,
+    plural,
+    estimate,
+    gib,
+    kv_cache_bytes,
+    update_terms,
+)
 
 
 # ----------------------------------------------------------------------------- from a config
@@ -399,8 +149,6 @@ def _fits(mc, g: Geometry, limit: int) -> bool:
     return estimate(mc, g).train_peak <= limit
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _smallest_micro(mc, g: Geometry, st, limit: int) -> Optional[tuple[int, int]]:
@@ -457,10 +205,10 @@ def plan_stage(cfg, st, mc, devices: Devices, limit: int) -> StagePlan:
             g = dataclasses.replace(g0, micro_rows=rows)
             out.fixes.append(
                 f"config.rl.num_micro_batches={st.ppo.num_micro_batches} makes micro-batches of "
-                f"{_plural(g0.micro_rows, 'row')} x {g0.seq_len} tokens: the update phase needs "
+                f"{plural(g0.micro_rows, 'row')} x {g0.seq_len} tokens: the update phase needs "
                 f"{gib(estimate(mc, fewest).total('update'))} per device even with "
-                f"{_plural(fewest.sampler_rows, 'rollout row')}; set config.rl.num_micro_batches={m} "
-                f"({_plural(rows, 'row')} per micro-batch: "
+                f"{plural(fewest.sampler_rows, 'rollout row')}; set config.rl.num_micro_batches={m} "
+                f"({plural(rows, 'row')} per micro-batch: "
                 f"{gib(estimate(mc, dataclasses.replace(fewest, micro_rows=rows)).total('update'))}; more "
                 "micro-batches leave more memory for rollout rows)")
         options = [r for r in _row_options(g, host_rows) if _fits(mc, dataclasses.replace(g, sampler_rows=r), limit)]
@@ -468,7 +216,7 @@ def plan_stage(cfg, st, mc, devices: Devices, limit: int) -> StagePlan:
             kv = kv_cache_bytes(mc, g.sampler_rows, g.window, g.sampler_mesh)
             out.fixes.append(
                 f"config.rollout.max_batch={cap} needs a KV cache of {gib(kv)} per device "
-                f"({_describe_kv(mc, g.sampler_rows, g.window, g.sampler_mesh)}), "
+                f"({describe_kv(mc, g.sampler_rows, g.window, g.sampler_mesh)}), "
                 f"{gib(estimate(mc, g).train_peak)} in all: set config.rollout.max_batch <= {options[-1]} "
                 "(or 0 to derive it)")
         elif not cap and not _fits(mc, g, limit):
@@ -513,10 +261,10 @@ def _nothing_fits(cfg, st, mc, devices: Devices, limit: int, g_min: Geometry) ->
         m, rows = _smallest_micro(mc_alt, big, st, limit) or (0, g_alt.micro_rows)
         helps.append(f"{text}: fits ({gib(peak)}), with config.rl.num_micro_batches >= {m}" if m else
                      f"{text}: fits ({gib(peak)})")
-    return (f"even with {_plural(g_min.micro_rows, 'row')} per micro-batch (config.rl.num_micro_batches) and "
-            f"{_plural(g_min.sampler_rows, 'rollout row')} (config.rollout.max_batch) the "
+    return (f"even with {plural(g_min.micro_rows, 'row')} per micro-batch (config.rl.num_micro_batches) and "
+            f"{plural(g_min.sampler_rows, 'rollout row')} (config.rollout.max_batch) the "
             f"{_train_peak_phase(est)} phase needs {gib(est.train_peak)} per device on "
-            f"{_plural(devices.count, 'device')}; " + _devices_needed(cfg, st, mc, devices, limit)
+            f"{plural(devices.count, 'device')}; " + _devices_needed(cfg, st, mc, devices, limit)
             + ("; at those settings " + "; ".join(helps) if helps else ""))
 
 

@@ -3,18 +3,20 @@
 `python -m pilotrl_jax.aot` compiles these shapes and `pilotrl_jax.train.memory_plan` budgets them, so
 neither keeps a copy of a setting the trainer decides:
 - PPO batches: tasks_per_step x group_size rows, padded to `trainer.seq_bucket(cfg)` lengths
-  (`rollout.batch.bucket_length`: a power of two, or a multiple of `rollout.pad_multiple`);
+  (`buckets.bucket_length`: a power of two, or a multiple of `rollout.pad_multiple`);
 - sampler engines (`train.evaluation.make_engine`): `agent.token_budget` cache slots, the engine's own
   prefill/decode chunks (`SamplerEngine` defaults: make_engine passes none), the rollout engine's
   rows (a host's share of a step's episodes, capped by `rollout.max_batch`) and the evaluation
   engine's rows (`evaluate`'s max_rows cap over the held-out tasks x samples), each call's rows and
-  window bucketed by `sampling.engine.pow2_bucket` as `SamplerEngine.generate` does.
+  window bucketed by `buckets.bucket_length` as `SamplerEngine.generate` does.
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
 from typing import Any, Callable, Optional
+
+from pilotrl_jax.buckets import bucket_length
 
 
 def model_config(cfg, **overrides):
@@ -61,7 +63,7 @@ def engine_chunks() -> tuple[int, int]:
     from pilotrl_jax.sampling import engine
 
     init = engine.SamplerEngine.__init__
-    prefill = engine.pow2_bucket(int(_default(init, "prefill_chunk")), engine.MIN_PREFILL)  # as the engine rounds it
+    prefill = bucket_length(int(_default(init, "prefill_chunk")), "pow2", engine.MIN_PREFILL)  # as the engine rounds it
     return prefill, int(_default(init, "decode_chunk"))
 
 
@@ -81,7 +83,6 @@ def seq_bucket(cfg) -> Any:
 
 def seq_len(cfg, longest: int) -> int:
     """The PPO batch length the trainer uses when the longest episode has `longest` tokens."""
-    from pilotrl_jax.rollout.batch import bucket_length
 
     return bucket_length(int(longest), seq_bucket(cfg))
 
@@ -145,7 +146,7 @@ class SamplerShape:
 
     role: str  # "rollout" (training episodes) or "eval" (held-out evaluation)
     rows: int  # the engine's cache rows (its max_batch)
-    batch: int  # rows of its largest call: pow2_bucket(rows, the mesh's row shards); > rows means a gathered copy
+    batch: int  # rows of its largest call: bucket_length(rows, "pow2", the mesh's row shards); > rows means a gathered copy
     window: int  # cache slots a call attends over (agent.token_budget)
     prefill_chunk: int  # tokens per prefill call at most
     decode_chunk: int  # decode steps per call
@@ -173,8 +174,8 @@ def sampler_shape(cfg, role: str, rows: int, row_shards: int = 1) -> SamplerShap
     r, e = cfg.rollout, cfg.eval
     temperature, top_p = (r.temperature, r.top_p) if role == "rollout" else (e.temperature, e.top_p)
     return SamplerShape(
-        role=role, rows=int(rows), batch=engine.pow2_bucket(int(rows), max(1, int(row_shards))),
-        window=engine.pow2_bucket(max_len, engine.MIN_WINDOW, max_len),
+        role=role, rows=int(rows), batch=bucket_length(int(rows), "pow2", max(1, int(row_shards))),
+        window=bucket_length(max_len, "pow2", engine.MIN_WINDOW, max_len),
         # the longest feed: every token but the pending one of an episode at the cache's length
-        prefill_chunk=engine.pow2_bucket(max(1, max_len - 1), engine.MIN_PREFILL, prefill),
+        prefill_chunk=bucket_length(max(1, max_len - 1), "pow2", engine.MIN_PREFILL, prefill),
         decode_chunk=decode, temperature=float(temperature), top_k=int(r.top_k), top_p=float(top_p))

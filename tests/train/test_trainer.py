@@ -224,7 +224,8 @@ def test_judge_server_failures_never_crash_and_are_counted(tmp_path):
         out = T.run_pipeline(cfg, str(tmp_path), evaluate_stages=False)
         assert (tmp_path / "stage2" / "DONE").exists() and out["stage2"]["final"]
         rows = [json.loads(l) for l in open(tmp_path / "stage2" / "metrics.jsonl")]
-        assert all(r["reward/judge_failures"] == r["reward/judged"] > 0 for r in rows)
+        # every judgement sent failed; episodes that wrote no plan are judged without a request (a verdict)
+        assert all(0 < r["reward/judge_failures"] <= r["reward/judged"] for r in rows)
         assert all(r["judge/failures"] > 0 for r in rows)
     finally:
         stop()

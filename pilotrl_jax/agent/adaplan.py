@@ -112,6 +112,7 @@ class AgentEpisode:
         show_admissible: bool = False,
         max_turns: Optional[int] = None,
         prompt_style: str = "full",
+        exemplar: str = "",
     ):
         self.mode, self.replan = prompts.check_mode(mode, replan)
         if task is not None and not isinstance(task, Task):
@@ -135,6 +136,10 @@ class AgentEpisode:
         self.show_admissible = show_admissible
         self.max_turns = max_turns
         self.prompt_style = prompts.check_style(prompt_style)
+        if not isinstance(exemplar, str):
+            raise TypeError(f"exemplar must be an example episode's text for the system prompt (str, '' for none; "
+                            f"agent.prompts.exemplar_text), got {type(exemplar).__name__}")
+        self.exemplar = exemplar
 
         self.spans: list[Span] = []
         self.phase = Phase.NOT_STARTED
@@ -168,7 +173,8 @@ class AgentEpisode:
             raise TypeError(f"observation must be the env's first text (str), got {type(observation).__name__}")
         self.observations.append(observation)
         self._info = dict(info or {})
-        system = prompts.system_prompt(self.env, self.mode, self.replan, self.external_plan, style=self.prompt_style)
+        system = prompts.system_prompt(self.env, self.mode, self.replan, self.external_plan, style=self.prompt_style,
+                                       exemplar=self.exemplar)
         user = prompts.task_message(self.env, observation, self.mode, self.replan, self.external_plan,
                                     style=self.prompt_style)
         text = self.chat.prompt_text(system, user)

@@ -24,6 +24,10 @@ REPLAN_MODES = ("every_step", "on_demand", "static")
 # format and no per-turn reminders, for tiny models trained from scratch (shorter episodes, the
 # task text close to where the model acts). The tags and the parser are the same.
 PROMPT_STYLES = ("full", "compact")
+# A worked example episode in the system prompt (config.agent.exemplar): "" none; "expert" one
+# complete expert episode on a train task (never a held-out one), in the format the agent must write.
+# For small instruct models used zero-shot, which copy a format far more readily than follow a spec.
+EXEMPLARS = ("", "expert")
 
 # What the environment is sent when a turn breaks the format: a harmless command, so the engine
 # answers as it would to any move (an unknown word gets the engine's own "invalid" reply).
@@ -133,6 +137,41 @@ def check_style(style: str) -> str:
     return style
 
 
+def check_exemplar(kind: str) -> str:
+    """Validate an exemplar kind (`EXEMPLARS`, config.agent.exemplar)."""
+    if kind not in EXEMPLARS:
+        raise ValueError(f"config.agent.exemplar={kind!r} is unknown; expected '' (no example episode in the "
+                         "prompt) or 'expert' (one expert episode on a train task)")
+    return kind
+
+
+EXEMPLAR_BEGIN = ("--- Example: a solved episode of another task. The lines that start with a tag are what you "
+                  "write, in exactly this format; 'Observation:' lines are the environment's answers. Your task is "
+                  "different: do not copy its actions. ---")
+EXEMPLAR_END = "--- End of example ---"
+
+
+def exemplar_text(task_text: str, turns: Sequence[str], observations: Sequence[str]) -> str:
+    """A worked example episode as text for the system prompt, clearly marked as an example.
+
+    `task_text` is the episode's first observation, `turns[i]` what the agent wrote in its i-th
+    assistant turn (plan and/or thought+action, verbatim) and `observations[i]` the env's answer to it.
+    """
+    if not isinstance(task_text, str) or not task_text.strip():
+        raise ValueError("exemplar_text needs the example's task (its first observation) as a non-empty str")
+    turns, observations = list(turns), list(observations)
+    if not turns or len(turns) != len(observations):
+        raise ValueError(f"exemplar_text got {len(turns)} turns and {len(observations)} observations; pass one "
+                         "observation (the env's answer) per turn, and at least one turn")
+    if not all(isinstance(x, str) for x in turns + observations):
+        raise TypeError("exemplar_text takes the turns and observations as str")
+    lines = [EXEMPLAR_BEGIN, f"Task: {task_text.strip()}"]
+    for turn, obs in zip(turns, observations):
+        lines += [turn.strip(), f"Observation: {obs.strip()}"]  # the turn bare: a model may copy any prefix
+    lines.append(EXEMPLAR_END)
+    return "\n".join(lines)
+
+
 def _compact_system(env: str, mode: str, external_plan: bool) -> str:
     """The compact system message: the env's command line and the output format in two lines."""
     lines = _ENV_TEXT[env].split("\n")
@@ -148,8 +187,16 @@ def _compact_system(env: str, mode: str, external_plan: bool) -> str:
 
 
 def system_prompt(env: str, mode: str = "adaplan", replan: Optional[str] = "every_step", external_plan: bool = False,
-                  style: str = "full") -> str:
-    """The system message: environment description, the agent's role and the output formats."""
+                  style: str = "full", exemplar: str = "") -> str:
+    """The system message: environment description, the agent's role, the output formats and, when
+    `exemplar` is given (`exemplar_text`), a worked example episode after them."""
+    if not isinstance(exemplar, str):
+        raise TypeError(f"exemplar must be the example episode's text (str, '' for none), got {type(exemplar).__name__}")
+    text = _system_prompt(env, mode, replan, external_plan, style)
+    return f"{text}\n\n{exemplar.strip()}" if exemplar.strip() else text
+
+
+def _system_prompt(env: str, mode: str, replan: Optional[str], external_plan: bool, style: str) -> str:
     check_env(env)
     mode, replan = check_mode(mode, replan)
     if check_style(style) == "compact":

@@ -28,8 +28,35 @@ def _ids(out: Any) -> list[int]:
     return [int(t) for t in out]
 
 
+def tokenizer_name(tokenizer: Any) -> str:
+    """How errors name a tokenizer: its checkpoint path / hub name when it has one, and its class."""
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    kind = type(tokenizer).__name__
+    return f"tokenizer {name!r} ({kind})" if name else f"tokenizer {kind} (built in memory, no path)"
+
+
+_FIX = ("to fix it, set tokenizer.chat_template to a template without this problem (ChatML works), or pass "
+        "--config.tokenizer.path=DIR naming a tokenizer whose chat template has none")
+
+
 class ChatTokenizer:
-    """Builds prompt and observation token pieces from a HF tokenizer's chat template."""
+    """Builds prompt and observation token pieces from a HF tokenizer's chat template.
+
+    The template must carry AdaPlan's conversation, else construction raises a ValueError naming the
+    tokenizer, what is missing and the fix (never a silently wrong prompt):
+    - a system role: the system message (the agent's instructions, format and exemplar) is rendered
+      once, verbatim, in the prompt. A template that folds it into the first user turn (LLaMA-2
+      style) is accepted: the model still reads every word of it, before the episode, the way its own
+      template gives it instructions. One that drops it (the agent would not know the format) or
+      raises on it (Gemma's "System role not supported") is refused, and so is one that repeats it in
+      later turns (the observations would carry it) or moves it to the last user turn (Mistral v0.3:
+      not append-only);
+    - a generation prompt: add_generation_prompt=True renders an assistant opening that False does
+      not, and the assistant's content starts right where it ends (else the model would not know its
+      turn began, or the sampled tokens would not sit where the template puts them);
+    - append-only rendering with verbatim contents: a later turn only appends, so the sampler's
+      tokens equal the template applied to the whole conversation.
+    """
 
     def __init__(self, tokenizer: Any):
         if not hasattr(tokenizer, "apply_chat_template") or not hasattr(tokenizer, "encode"):
@@ -37,36 +64,67 @@ class ChatTokenizer:
                 f"ChatTokenizer needs a transformers tokenizer, got {type(tokenizer).__name__}; "
                 "pass AutoTokenizer.from_pretrained(...) or build_word_tokenizer(...)"
             )
+        who = tokenizer_name(tokenizer)
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
-                f"tokenizer {type(tokenizer).__name__} has no chat_template; set tokenizer.chat_template "
-                "or build one with build_word_tokenizer(...)"
+                f"{who} has no chat_template; set tokenizer.chat_template, pass --config.tokenizer.path=DIR "
+                "naming a tokenizer with one, or build one with build_word_tokenizer(...)"
             )
         self.tokenizer = tokenizer
         base = [{"role": "system", "content": _PH_SYSTEM}, {"role": "user", "content": _PH_TASK}]
-        prompt = self.render(base, add_generation_prompt=True)
-        with_turn = self.render(base + [{"role": "assistant", "content": _PH_ASSISTANT}], add_generation_prompt=False)
-        full = self.render(
-            base + [{"role": "assistant", "content": _PH_ASSISTANT}, {"role": "user", "content": _PH_USER}],
-            add_generation_prompt=True,
-        )
-        for ph, where in ((_PH_SYSTEM, prompt), (_PH_TASK, prompt), (_PH_ASSISTANT, full), (_PH_USER, full)):
+        try:
+            prompt = self.render(base, add_generation_prompt=True)
+        except Exception as e:  # jinja's raise_exception (e.g. "System role not supported") or a broken template
+            raise ValueError(
+                f"the chat template of {who} cannot render a system message ({type(e).__name__}: {e}); AdaPlan "
+                f"puts its instructions in a system message, so it needs a system role: {_FIX}"
+            ) from e
+        if prompt.count(_PH_SYSTEM) == 0:
+            raise ValueError(
+                f"the chat template of {who} drops the system message (no system role): the agent's instructions "
+                f"and output format would never reach the model; {_FIX}"
+            )
+        if self.render(base, add_generation_prompt=False) == prompt:
+            raise ValueError(
+                f"the chat template of {who} has no generation prompt: add_generation_prompt=True renders nothing "
+                f"more than False, so the model would not know the assistant turn started; {_FIX}"
+            )
+        try:
+            with_turn = self.render(base + [{"role": "assistant", "content": _PH_ASSISTANT}], add_generation_prompt=False)
+            full = self.render(
+                base + [{"role": "assistant", "content": _PH_ASSISTANT}, {"role": "user", "content": _PH_USER}],
+                add_generation_prompt=True,
+            )
+        except Exception as e:
+            raise ValueError(
+                f"the chat template of {who} cannot render [system, user, assistant, user] ({type(e).__name__}: "
+                f"{e}); an AdaPlan episode alternates assistant turns and observations after its system message: "
+                f"{_FIX}"
+            ) from e
+        for ph, where in ((_PH_SYSTEM, prompt), (_PH_TASK, prompt), (_PH_SYSTEM, full), (_PH_TASK, full),
+                          (_PH_ASSISTANT, full), (_PH_USER, full)):
             if where.count(ph) != 1:
                 raise ValueError(
-                    f"the chat template of {type(tokenizer).__name__} does not copy message contents verbatim "
-                    "(or drops a system message); use a template that renders each message once"
+                    f"the chat template of {who} does not copy message contents verbatim, once each (it "
+                    f"transforms, repeats or drops a {'system' if ph == _PH_SYSTEM else 'chat'} message); "
+                    f"token-in/token-out needs a template that renders each message once: {_FIX}"
                 )
         head, tail = full.split(_PH_ASSISTANT)
         if head != prompt:
             raise ValueError(
-                "the chat template renders the conversation prefix differently once an assistant turn "
-                "follows (e.g. it strips earlier turns); token-in/token-out needs an append-only template"
+                f"the chat template of {who} renders the conversation prefix differently once an assistant turn "
+                "follows (e.g. it strips earlier turns or moves the system message); token-in/token-out needs an "
+                f"append-only template: {_FIX}"
             )
         if not with_turn.startswith(prompt + _PH_ASSISTANT):
-            raise ValueError("the chat template's assistant turn does not start where add_generation_prompt ends")
+            raise ValueError(
+                f"the chat template of {who}: the assistant's content does not start where add_generation_prompt "
+                f"ends, so sampled tokens would not sit where the template puts the assistant turn; {_FIX}"
+            )
         self._closing_text = with_turn[len(prompt) + len(_PH_ASSISTANT):]
         if not tail.startswith(self._closing_text):
-            raise ValueError("the chat template closes an assistant turn differently when a user turn follows")
+            raise ValueError(f"the chat template of {who} closes an assistant turn differently when a user turn "
+                             f"follows; token-in/token-out needs one closing: {_FIX}")
         self._obs_head, self._obs_tail = tail.split(_PH_USER)
         self.closing_ids = self.encode(self._closing_text)
 

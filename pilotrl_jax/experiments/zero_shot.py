@@ -1,13 +1,16 @@
 """Zero-shot evaluation of a config's base model (no training) in several agent modes on held-out tasks.
 
     python -m pilotrl_jax.experiments.zero_shot --config configs/smollm2_alfworld.py --workdir runs/smollm2 \\
-        [--num_tasks 16] [--modes adaplan,react] [--json OUT.json]
+        [--num_tasks 16] [--modes adaplan,react] [--exemplar none|expert|both] [--json OUT.json]
 
 The model is the config's `model` section (e.g. an HF directory such as SmolLM2-135M-Instruct,
 tokenizer and chat template included); the environment, agent limits and evaluation sampling
 (eval.temperature, eval.top_p) come from the same config. WORKDIR holds generated games and
-writes `zero_shot.json` plus `zero_shot_<mode>.jsonl` (every episode's spans as text). Prints one
-table row per mode (success overall and per task type) and the wall time of each mode.
+writes `zero_shot.json` plus `zero_shot_<mode>.jsonl` (every episode's spans as text;
+`zero_shot_<mode>_expert_exemplar.jsonl` with the exemplar). `--exemplar` runs each mode without
+(`none`) and/or with (`expert`) one worked expert episode on a train task in the system prompt
+(config.agent.exemplar; default: the config's); `both` gives a row per (mode, exemplar). Prints one
+table row per (mode, exemplar): success overall and per task type, format-error rate, wall time.
 """
 from __future__ import annotations
 
@@ -28,7 +31,22 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_tasks", None, "Held-out tasks per mode (default config.eval.num_tasks).")
     flags.DEFINE_string("modes", None, "Comma-separated agent modes (default config.eval.modes).")
     flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+    flags.DEFINE_string("exemplar", None, "none | expert | both: evaluate without and/or with an expert example "
+                        "episode in the prompt (default: config.agent.exemplar).")
 
+EXEMPLAR_CHOICES = {"none": ("",), "expert": ("expert",), "both": ("", "expert")}
+
+
+def check_exemplars(cfg, exemplar: Optional[str]) -> tuple[str, ...]:
+    """The exemplar kinds to evaluate ('' none, 'expert') from --exemplar (None: config.agent.exemplar)."""
+    from pilotrl_jax.agent import prompts
+
+    if exemplar is None:
+        return (prompts.check_exemplar(str(cfg.agent.get("exemplar", ""))),)
+    if exemplar not in EXEMPLAR_CHOICES:
+        raise ValueError(f"--exemplar={exemplar!r} is unknown; expected one of {sorted(EXEMPLAR_CHOICES)} "
+                         "(both: a row per mode without and with the expert example episode)")
+    return EXEMPLAR_CHOICES[exemplar]
 
 
 def check_request(cfg, num_tasks: Optional[int], modes: Optional[Sequence[str]]) -> tuple[int, tuple[str, ...]]:
@@ -51,14 +69,16 @@ def check_request(cfg, num_tasks: Optional[int], modes: Optional[Sequence[str]])
 
 
 def zero_shot(cfg, workdir: str, num_tasks: Optional[int] = None, modes: Optional[Sequence[str]] = None,
-              progress: bool = True) -> list[dict]:
-    """Evaluate the config's base model in each mode on the first `num_tasks` held-out tasks; returns rows."""
+              progress: bool = True, exemplar: Optional[str] = None) -> list[dict]:
+    """Evaluate the config's base model in each mode (and exemplar setting: --exemplar) on the first
+    `num_tasks` held-out tasks; returns one row per (mode, exemplar)."""
     from pilotrl_jax.train import config as C
     from pilotrl_jax.train import setup as S
     from pilotrl_jax.train.evaluation import evaluate
 
     C.validate(cfg)
     n, modes = check_request(cfg, num_tasks, modes)
+    kinds = check_exemplars(cfg, exemplar)
     ctx = S.build_context(cfg, workdir)
     tasks = ctx.eval_tasks[:n]
     if len(tasks) < n:
@@ -68,26 +88,38 @@ def zero_shot(cfg, workdir: str, num_tasks: Optional[int] = None, modes: Optiona
     name = os.path.basename(os.path.normpath(cfg.model.path)) if cfg.model.path else cfg.model.source
     rows = []
     for mode in modes:
-        t0 = time.perf_counter()
-        table, batch = evaluate(ctx, params, tasks, mode=mode, progress=progress)
-        wall = time.perf_counter() - t0
-        batch.to_jsonl(os.path.join(ctx.workdir, f"zero_shot_{mode}.jsonl"))
-        stats = getattr(batch, "stats", None) or {}
-        rows.append(dict(model=name, mode=mode, env=cfg.env.name, split=cfg.env.eval_split, seed=int(cfg.seed),
-                         wall_s=wall, policy_tokens=stats.get("policy_tokens"), **table))
+        for kind in kinds:
+            t0 = time.perf_counter()
+            table, batch = evaluate(ctx, params, tasks, mode=mode, progress=progress, exemplar=kind)
+            wall = time.perf_counter() - t0
+            batch.to_jsonl(os.path.join(ctx.workdir, f"zero_shot_{mode}{'_expert_exemplar' if kind else ''}.jsonl"))
+            stats = getattr(batch, "stats", None) or {}
+            replan = cfg.agent.replan if mode == "adaplan" else None
+            ex_task = ctx.exemplars[(mode, replan)][0] if kind else None
+            rows.append(dict(model=name, mode=mode, exemplar=kind or "none", exemplar_task=ex_task, env=cfg.env.name,
+                             split=cfg.env.eval_split, seed=int(cfg.seed), wall_s=wall,
+                             policy_tokens=stats.get("policy_tokens"), **table))
     with open(os.path.join(ctx.workdir, "zero_shot.json"), "w") as f:
         json.dump(rows, f, indent=2)
     return rows
 
 
 def format_rows(rows: Sequence[dict]) -> str:
-    """The success table plus one line per mode: successes, episodes, turns, format errors, wall time."""
-    from pilotrl_jax.train.evaluation import format_table
-
-    lines = [format_table(rows)]
+    """A table of (mode, exemplar) rows: success overall and per task type, format-error rate, then one
+    line per row: successes, episodes, turns, format errors, wall time."""
+    types = sorted({k for r in rows for k in r.get("per_type", {})})
+    head = (f"{'model':<24} {'mode':<8} {'exemplar':<8} {'success':>8} {'fmt err':>8} {'episodes':>8} "
+            + " ".join(f"{t[:14]:>14}" for t in types))
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        per = r.get("per_type", {})
+        cells = " ".join(f"{per[t]['success_rate'] * 100:>13.1f}%" if t in per else f"{'-':>14}" for t in types)
+        lines.append(f"{r['model'][:24]:<24} {r['mode']:<8} {r.get('exemplar', 'none'):<8} "
+                     f"{r['success_rate'] * 100:>7.1f}% {r['format_error_rate'] * 100:>7.1f}% {r['episodes']:>8} {cells}")
     for r in rows:
         won = round(r["success_rate"] * r["episodes"])
-        lines.append(f"{r['mode']}: success {r['success_rate'] * 100:.1f}% ({won}/{r['episodes']}), "
+        label = r["mode"] + ("" if r.get("exemplar", "none") == "none" else f" + {r['exemplar']} exemplar")
+        lines.append(f"{label}: success {r['success_rate'] * 100:.1f}% ({won}/{r['episodes']}), "
                      f"mean turns {r['mean_turns']:.1f}, episodes with format errors "
                      f"{r['format_error_rate'] * 100:.0f}%, {r['wall_s']:.0f} s")
     return "\n".join(lines)
@@ -106,7 +138,7 @@ def main(argv):
 
     use_compilation_cache(F.workdir)
     try:
-        rows = zero_shot(F.config, F.workdir, F.num_tasks, F.modes)
+        rows = zero_shot(F.config, F.workdir, F.num_tasks, F.modes, exemplar=F.exemplar)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

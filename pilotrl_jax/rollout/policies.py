@@ -181,13 +181,17 @@ def expert_turn(ctx, thought: str = "full") -> str:
         steps = expert_plan_from_actions(ep.env, expert) or ["Look around for what the task needs."]
         return prompts.plan_text(steps)
     action = expert[0] if expert else ep.noop_action
-    return executor_text(action, getattr(expert, "step", None), thought)
+    return executor_text(action, getattr(expert, "step", None), thought, mode=getattr(ep, "mode", "adaplan"))
 
 
-def executor_text(action: str, step: Optional[int], thought: str = "full") -> str:
-    """The expert's executor turn for `action`; `step` is the plan step it carries out (None: the first)."""
+def executor_text(action: str, step: Optional[int], thought: str = "full", mode: str = "adaplan") -> str:
+    """The expert's executor turn for `action`; `step` is the plan step it carries out (None: the first).
+    A ReAct turn's thought cites no plan (there is none): "Next, I should <action>." in either style."""
     n = 1 if step is None else step + 1
-    if check_thought_style(thought) == "short":
+    style = check_thought_style(thought)
+    if mode == "react":
+        return f"<thought>Next, I should {action}.</thought><action>{action}</action>"
+    if style == "short":
         return f"<thought>Step {n}.</thought><action>{action}</action>"
     return f"<thought>According to Step {n} of the global plan, I should {action}.</thought><action>{action}</action>"
 

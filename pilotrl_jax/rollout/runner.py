@@ -59,6 +59,7 @@ class RolloutConfig:
     max_format_errors: Optional[int] = None  # end with status format_errors after this many; None: no limit
     show_admissible: bool = False  # list admissible actions in observations
     prompt_style: str = "full"  # full | compact (agent.prompts.PROMPT_STYLES)
+    exemplar: str = ""  # a worked example episode's text, appended to every system prompt (agent.prompts.exemplar_text)
     temperature: float = 1.0  # used when the runner wraps a bare SamplerEngine
     top_p: float = 1.0
     top_k: int = 0
@@ -360,7 +361,7 @@ class RolloutRunner:
                 l.episode = AgentEpisode(
                     l.task, cfg.mode, cfg.replan, plan_source=l.take_plan if self.planner is not None else None,
                     tokenizer=self.chat, show_admissible=cfg.show_admissible, max_turns=cfg.max_turns,
-                    prompt_style=cfg.prompt_style)
+                    prompt_style=cfg.prompt_style, exemplar=cfg.exemplar)
                 l.info = dict(b or {})
                 l.episode.start(a, b)
             else:

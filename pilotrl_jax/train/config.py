@@ -118,6 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
         # how the expert's demonstrated thought cites the plan: full ("According to Step 2 of the global
         # plan, I should go to desk 1.", the paper's) | short ("Step 2."; ~half the tokens a turn)
         thought_style="full",
+        # a worked example episode in every rollout's system prompt (evaluation, RL, SFT demonstrations):
+        # "" = none | "expert" = one complete expert episode on a train task (never a held-out one), in the
+        # format the agent must write; for zero-shot use of small instruct models (built once per mode)
+        exemplar="",
     ))
     c.rollout = ml_collections.ConfigDict(dict(
         tasks_per_step=256, group_size=16, temperature=1.0, top_p=1.0, top_k=0,
@@ -286,6 +290,7 @@ def validate(c) -> None:
     if c.agent.get("thought_style", "full") not in THOUGHT_STYLES:
         raise ValueError(f"config.agent.thought_style={c.agent.thought_style!r}; expected 'full' (the paper's "
                          "'According to Step 2 of the global plan, I should ...') or 'short' ('Step 2.')")
+    prompts.check_exemplar(c.agent.get("exemplar", ""))
     _check_modes(c.eval.modes, "config.eval.modes")
     for n in names:
         s = c.stages[n]

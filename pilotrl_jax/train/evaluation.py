@@ -12,6 +12,8 @@ import math
 import types
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from pilotrl_jax import distributed as dist
 from pilotrl_jax.rollout import RolloutConfig, RolloutRunner, SamplerPolicy
 from pilotrl_jax.sampling.engine import SamplerEngine
@@ -27,8 +29,11 @@ def make_engine(ctx, params, rows: int, seed: int) -> SamplerEngine:
 
 
 def rollout_config(ctx, *, group_size: int, mode: str, replan: Optional[str], temperature: float, top_p: float,
-                   seed: int, progress: bool = True) -> RolloutConfig:
-    """RolloutConfig from the run's agent/rollout sections."""
+                   seed: int, progress: bool = True, exemplar: Optional[str] = None) -> RolloutConfig:
+    """RolloutConfig from the run's agent/rollout sections; `exemplar` ('' | 'expert', None = the run's
+    agent.exemplar) picks the example episode in the system prompt (built once per mode, see setup)."""
+    from pilotrl_jax.train.setup import run_exemplar
+
     a, r = ctx.cfg.agent, ctx.cfg.rollout
     in_process = not ctx.cfg.env.isolate and ctx.cfg.env.name in ("alfworld", "scienceworld")
     threads = int(r.env_threads) or (1 if in_process else None)
@@ -37,6 +42,7 @@ def rollout_config(ctx, *, group_size: int, mode: str, replan: Optional[str], te
         max_turns=int(a.max_turns), max_plan_tokens=int(a.max_plan_tokens), max_action_tokens=int(a.max_action_tokens),
         token_budget=int(a.token_budget), max_format_errors=int(a.max_format_errors) or None,
         show_admissible=bool(a.show_admissible), prompt_style=str(a.get("prompt_style", "full")), temperature=float(temperature), top_p=float(top_p),
+        exemplar=run_exemplar(ctx, mode, replan if mode == "adaplan" else None, exemplar),
         top_k=int(r.top_k), num_cohorts=int(r.num_cohorts), env_threads=threads, seed=int(seed), progress=progress,
     )
 
@@ -66,6 +72,10 @@ def success_table(batch, tasks: Sequence[Any]) -> dict:
     n = len(batch.episodes)
     won = sum(int(bool(e.won)) for e in batch.episodes)
     k = min((v[1] for v in by_task.values()), default=0)
+    by_sample: dict = collections.defaultdict(list)  # sample index -> wins over the tasks
+    for e in batch.episodes:
+        by_sample[int(getattr(e, "sample", 0))].append(float(bool(e.won)))
+    per_sample = [sum(v) / len(v) for _, v in sorted(by_sample.items())]
     return {
         "episodes": n,
         "success_rate": won / max(n, 1),
@@ -74,6 +84,10 @@ def success_table(batch, tasks: Sequence[Any]) -> dict:
         "per_type": {k: {"success_rate": v[0] / v[1], "episodes": v[1]} for k, v in sorted(by_type.items())},
         "mean_turns": sum(e.num_turns for e in batch.episodes) / max(n, 1),
         "format_error_rate": sum(int(e.format_errors > 0) for e in batch.episodes) / max(n, 1),
+        "format_errors_per_episode": sum(int(e.format_errors) for e in batch.episodes) / max(n, 1),
+        # the spread over samples: success of sample s over every task, for s = 0..k-1 (population std)
+        "success_by_sample": per_sample,
+        "success_std_over_samples": float(np.std(per_sample)) if per_sample else 0.0,
     }
 
 
@@ -97,9 +111,11 @@ class EpisodeRecords:
 
 def evaluate(ctx, params, tasks: Sequence[Any], mode: str = "adaplan", replan: Optional[str] = None,
              temperature: Optional[float] = None, top_p: Optional[float] = None, seed: int = 12345,
-             group_size: int = 1, max_rows: int = 64, progress: bool = True) -> tuple[dict, Any]:
+             group_size: int = 1, max_rows: int = 64, progress: bool = True,
+             exemplar: Optional[str] = None) -> tuple[dict, Any]:
     """Run the policy (its own plans) on `tasks`; returns (success table, RolloutBatch).
 
+    `exemplar` ('' | 'expert', None = config.agent.exemplar) sets the example episode in the prompt.
     On several hosts every process must call it (it is collective): each runs its share of `tasks`
     and gets the table over all of them, with an `EpisodeRecords` of every host's episodes."""
     e = ctx.cfg.eval
@@ -108,11 +124,11 @@ def evaluate(ctx, params, tasks: Sequence[Any], mode: str = "adaplan", replan: O
     replan = replan or ctx.cfg.agent.replan
     if multihost.is_multihost():
         return _evaluate_hosts(ctx, params, list(tasks), mode, replan, temperature, top_p, seed, group_size,
-                               max_rows, progress)
+                               max_rows, progress, exemplar)
     rows = min(max_rows, len(tasks) * group_size)
     engine = make_engine(ctx, params, rows, seed)
     rc = rollout_config(ctx, group_size=group_size, mode=mode, replan=replan, temperature=temperature, top_p=top_p,
-                        seed=seed, progress=progress)
+                        seed=seed, progress=progress, exemplar=exemplar)
     runner = RolloutRunner(SamplerPolicy(engine, temperature, top_p, int(ctx.cfg.rollout.top_k)),
                            ctx.env_factory, ctx.tokenizer, rc)
     batch = runner.run(list(tasks))
@@ -120,7 +136,7 @@ def evaluate(ctx, params, tasks: Sequence[Any], mode: str = "adaplan", replan: O
 
 
 def _evaluate_hosts(ctx, params, tasks, mode, replan, temperature, top_p, seed, group_size, max_rows,
-                    progress) -> tuple[dict, EpisodeRecords]:
+                    progress, exemplar=None) -> tuple[dict, EpisodeRecords]:
     """`evaluate` on several hosts: this host's share of the tasks, then every host's records."""
     import jax
 
@@ -131,7 +147,8 @@ def _evaluate_hosts(ctx, params, tasks, mode, replan, temperature, top_p, seed, 
         local = [tasks[i] for i in mine]
         engine = make_engine(ctx, params, min(max_rows, len(local) * group_size), seed)
         rc = rollout_config(ctx, group_size=group_size, mode=mode, replan=replan, temperature=temperature,
-                            top_p=top_p, seed=multihost.host_seed(seed), progress=progress and dist.is_coordinator())
+                            top_p=top_p, seed=multihost.host_seed(seed), progress=progress and dist.is_coordinator(),
+                            exemplar=exemplar)
         batch = RolloutRunner(SamplerPolicy(engine, temperature, top_p, int(ctx.cfg.rollout.top_k)),
                               ctx.env_factory, ctx.tokenizer, rc).run(local)
         for ep in batch.episodes:

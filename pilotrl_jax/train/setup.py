@@ -36,6 +36,9 @@ class RunContext:
     base_path: str  # HF dir or param_store dir of the base model
     base_is_hf: bool
     rl_tasks: Optional[list] = None  # a separate pool for the RL stages (config.env.num_rl_tasks)
+    # (mode, replan) -> (task_id, text) of the example episode in the system prompt (agent.exemplar),
+    # built on first use and kept for the run: every rollout of a mode shows the same one
+    exemplars: dict = dataclasses.field(default_factory=dict)
 
     @property
     def rl_pool(self) -> list:
@@ -185,6 +188,19 @@ def _tokenizer(cfg, workdir: str, train_tasks: list, factory) -> Any:
     return tok
 
 
+def check_chat_template(tok: Any, cfg) -> None:
+    """Raise a ValueError naming the tokenizer's source (config key) when its chat template cannot carry
+    AdaPlan (no system role, no generation prompt, not append-only); see agent.tokenizer.ChatTokenizer."""
+    from pilotrl_jax.agent.tokenizer import ChatTokenizer
+
+    try:
+        ChatTokenizer(tok)
+    except ValueError as e:
+        src = (f"config.tokenizer.path={cfg.tokenizer.path!r}" if cfg.tokenizer.path else
+               f"config.model.path={cfg.model.path!r}" if cfg.model.source != "tiny" else "the built tokenizer")
+        raise ValueError(f"the run's tokenizer (from {src}) cannot be used: {e}") from e
+
+
 def env_vocabulary_corpus(env_name: str, repeats: int = 20) -> list[str]:
     """Lines naming every object/receptacle of the env family, repeated so BPE keeps each name whole.
 
@@ -214,6 +230,7 @@ def build_context(cfg, workdir: str) -> RunContext:
     rl_tasks = load_rl_tasks(cfg, workdir)  # generated with the splits above: read back on every host
     factory = env_factory(cfg)
     tok = _tokenizer(cfg, workdir, train, factory)
+    check_chat_template(tok, cfg)  # at start-up: a template that cannot carry AdaPlan fails before any rollout
     mesh = make_mesh(cfg)
     ours = model_overrides(cfg)
     m = cfg.model
@@ -255,3 +272,81 @@ def save_tokenizer_next_to(ctx: RunContext, directory: str) -> None:
 def task_types(tasks: list) -> list[str]:
     """Distinct task types, sorted."""
     return sorted({t.task_type or "all" for t in tasks})
+
+
+# Train tasks the exemplar is chosen from (the expert's won episode with the fewest turns among them).
+EXEMPLAR_CANDIDATES = 8
+# The expert's limits while it writes the exemplar (the run's own when larger).
+EXEMPLAR_LIMITS = dict(max_turns=30, max_plan_tokens=512, max_action_tokens=256, token_budget=8192)
+
+
+def run_exemplar(ctx, mode: str, replan: Optional[str], kind: Optional[str] = None) -> str:
+    """The example episode's text for rollouts in (mode, replan): '' when `kind` (None = the run's
+    config.agent.exemplar) is '', else the run's expert exemplar, built once and cached in `ctx`."""
+    from pilotrl_jax.agent import prompts
+
+    kind = prompts.check_exemplar(str(ctx.cfg.agent.get("exemplar", "")) if kind is None else kind)
+    if not kind:
+        return ""
+    key = (mode, replan if mode == "adaplan" else None)
+    if key not in ctx.exemplars:
+        ctx.exemplars[key] = expert_exemplar(ctx, *key)
+    return ctx.exemplars[key][1]
+
+
+def episode_exemplar(agent) -> str:
+    """An AgentEpisode rendered as exemplar text (prompts.exemplar_text): its task, then each assistant
+    turn's policy text verbatim (plan and thought+action) with the env's observation after it."""
+    from pilotrl_jax.agent import prompts
+    from pilotrl_jax.agent.spans import SpanKind
+
+    turns, cur = [], ""
+    for span in agent.spans[1:]:
+        if span.kind in (SpanKind.PLAN, SpanKind.ACTION, SpanKind.EXTERNAL_PLAN):
+            cur += span.text
+        elif span.kind == SpanKind.OBSERVATION:
+            turns.append(cur)
+            cur = ""
+    turns.append(cur)  # the last turn: the episode ended on its observation
+    return prompts.exemplar_text(agent.observations[0], turns, agent.observations[1:])
+
+
+def expert_exemplar(ctx, mode: str, replan: Optional[str]) -> tuple[str, str]:
+    """(task_id, text) of the exemplar: the environment expert's won, format-clean episode with the fewest
+    turns among the first EXEMPLAR_CANDIDATES train tasks (never held-out ones), whatever the run's turn limits.
+    Deterministic: the tasks, the expert and the forced policy involve no sampling."""
+    from pilotrl_jax.rollout import ForcedPolicy, RolloutRunner, expert_turn
+    from pilotrl_jax.train.evaluation import rollout_config
+
+    cfg = ctx.cfg
+    held = {t.task_id for t in ctx.eval_tasks}
+    tasks = [t for t in ctx.train_tasks if t.task_id not in held][:EXEMPLAR_CANDIDATES]  # never a held-out task
+    if not tasks:
+        raise ValueError("config.agent.exemplar='expert' needs the run's train tasks (the exemplar is an expert "
+                         "episode on one of them, never on a held-out task) and this run has none; set "
+                         "--config.agent.exemplar='' or load the train split (setup.build_context)")
+    rc = rollout_config(ctx, group_size=1, mode=mode, replan=replan, temperature=1.0, top_p=1.0,
+                        seed=int(cfg.seed), progress=False, exemplar="")
+    # The example shows a whole episode, whatever the run's turn and token limits (they bound the model's
+    # episodes; the expert's plan must not be cut at max_plan_tokens): the expert gets room of its own.
+    lim = EXEMPLAR_LIMITS
+    rc = dataclasses.replace(rc, max_live=len(tasks), max_turns=max(rc.max_turns, lim["max_turns"]),
+                             max_plan_tokens=max(rc.max_plan_tokens, lim["max_plan_tokens"]),
+                             max_action_tokens=max(rc.max_action_tokens, lim["max_action_tokens"]),
+                             token_budget=max(rc.token_budget or 0, lim["token_budget"]), max_format_errors=None)
+    thought = str(cfg.agent.get("thought_style", "full"))
+    policy = ForcedPolicy(functools.partial(expert_turn, thought=thought), max_len=rc.token_budget)
+    batch = RolloutRunner(policy, ctx.env_factory, ctx.tokenizer, rc).run(tasks)
+    won = [e for e in batch.episodes if e.won and not e.format_errors and e.agent is not None]
+    if not won:
+        raise ValueError(f"config.agent.exemplar='expert': the expert solved none of the first {len(tasks)} train "
+                         f"tasks in mode {mode!r} within {rc.max_turns} turns; set --config.agent.exemplar='' "
+                         "(this environment's expert cannot demonstrate an episode)")
+    best = min(won, key=lambda e: (e.num_turns, e.group_id))  # fewest actions: the same task in every mode
+    text = episode_exemplar(best.agent)
+    n = len(ctx.tokenizer.encode(text, add_special_tokens=False))
+    if 2 * n > int(cfg.agent.token_budget):
+        raise ValueError(f"config.agent.exemplar='expert': the example episode takes {n} tokens, more than half of "
+                         f"config.agent.token_budget={cfg.agent.token_budget} (every episode's prompt holds it); "
+                         "raise agent.token_budget or set --config.agent.exemplar=''")
+    return best.task_id, text

@@ -162,3 +162,13 @@ def test_short_thought_style_demos_cite_the_step_in_fewer_tokens_and_still_win(a
     for gone in ("tiny", "quote"):
         with pytest.raises(ValueError, match=f"thought style '{gone}' is unknown.*thought_style"):
             executor_text("look", 0, gone)
+
+
+def test_react_demonstrations_cite_no_plan():
+    """A ReAct demonstration's thought names the next action, never a global plan the episode does not have."""
+    from pilotrl_jax.rollout.policies import executor_text
+
+    for style in ("full", "short"):
+        assert executor_text("go to desk 1", 1, style, mode="react") == (
+            "<thought>Next, I should go to desk 1.</thought><action>go to desk 1</action>")
+    assert "Step 2" in executor_text("go to desk 1", 1, "short", mode="adaplan")

@@ -103,6 +103,9 @@ def test_forced_expert_succeeds(tiny_tok, tiny_tasks):
             kinds = [s.kind for s in e.spans]
             assert kinds[-1] == SpanKind.ACTION  # the winning action ends the sequence
             assert (SpanKind.PLAN in kinds) == (mode == "adaplan")
+            # a ReAct demonstration's thoughts cite no global plan (it has none)
+            said = tiny_tok.decode([t for s in e.spans if s.kind == SpanKind.ACTION for t in s.token_ids])
+            assert ("global plan" in said) == (mode == "adaplan"), (mode, said)
             if replan == "every_step":
                 assert kinds.count(SpanKind.PLAN) == e.num_turns
 

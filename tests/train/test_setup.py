@@ -80,3 +80,74 @@ def test_train_layouts_reach_the_generator_and_are_checked(tmp_path, small_demo_
     cfg.env.train_layouts, cfg.env.name = 2, "tiny"
     with pytest.raises(ValueError, match="train_layouts=2"):
         C.validate(cfg)
+
+
+def test_expert_exemplar_is_a_train_episode_built_once_and_in_every_rollout_prompt(tmp_path, small_demo_config,
+                                                                                   monkeypatch):
+    """agent.exemplar='expert': one expert episode on a train task (never a held-out one) in the
+    system prompt of every rollout of its mode, built once per (mode, replan) and cached in the context."""
+    import dataclasses
+    import functools
+
+    from pilotrl_jax.agent import prompts
+    from pilotrl_jax.rollout import ForcedPolicy, RolloutRunner, expert_turn
+    from pilotrl_jax.train import config as C
+    from pilotrl_jax.train import setup as S
+    from pilotrl_jax.train.evaluation import rollout_config
+
+    cfg = small_demo_config(4, 2)
+    cfg.agent.exemplar = "few_shot"
+    with pytest.raises(ValueError, match=r"config.agent.exemplar='few_shot' is unknown"):
+        C.validate(cfg)
+    cfg.agent.exemplar = "expert"
+    C.validate(cfg)
+    ctx = S.build_context(cfg, str(tmp_path))
+    rc_kw = dict(group_size=1, temperature=1.0, top_p=1.0, seed=0, progress=False)
+    rc = rollout_config(ctx, mode="adaplan", replan="static", **rc_kw)
+    ex = rc.exemplar
+    task_id, text = ctx.exemplars[("adaplan", "static")]
+    assert text == ex and ex.startswith(prompts.EXEMPLAR_BEGIN) and ex.endswith(prompts.EXEMPLAR_END)
+    assert task_id in {t.task_id for t in ctx.train_tasks} and task_id not in {t.task_id for t in ctx.eval_tasks}
+    assert ex.count("<global_plan>") == 1 and ex.count("</action>") >= 2  # static: one plan, then turns
+    assert rollout_config(ctx, mode="adaplan", replan="static", exemplar="", **rc_kw).exemplar == ""
+    monkeypatch.setattr(S, "expert_exemplar", lambda *a: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    assert rollout_config(ctx, mode="adaplan", replan="static", **rc_kw).exemplar == ex  # cached
+    monkeypatch.undo()
+    react = rollout_config(ctx, mode="react", replan="static", **rc_kw).exemplar
+    assert react and "<global_plan>" not in react and "global plan" not in react and "<thought>" in react
+    assert ctx.exemplars[("react", None)][0] == task_id  # the fewest-turn task: the same one in every mode
+
+    # The exemplar reaches the episodes' system prompt (a held-out task), and differs from none.
+    last_action = ex[ex.rindex("<action>") + len("<action>"): ex.rindex("</action>")]
+    policy = lambda: ForcedPolicy(functools.partial(expert_turn, thought="full"), max_len=1024)  # noqa: E731
+    one = dataclasses.replace(rc, max_turns=1)
+    with_ex = RolloutRunner(policy(), ctx.env_factory, ctx.tokenizer, one).run(ctx.eval_tasks[:1]).episodes[0]
+    plain = RolloutRunner(policy(), ctx.env_factory, ctx.tokenizer, dataclasses.replace(one, exemplar="")).run(
+        ctx.eval_tasks[:1]).episodes[0]
+    p_ex, p_plain = with_ex.spans[0].text, plain.spans[0].text
+    assert p_ex != p_plain and ex in p_ex and f"<action>{last_action}</action>" in p_ex and ex not in p_plain
+
+    # Never from held-out tasks; a context without train tasks is refused by name.
+    bare = dataclasses.replace(ctx, train_tasks=list(ctx.eval_tasks), exemplars={})
+    with pytest.raises(ValueError, match="config.agent.exemplar='expert' needs the run's train tasks"):
+        S.run_exemplar(bare, "adaplan", "static")
+    small = dataclasses.replace(ctx, exemplars={}, cfg=cfg.copy_and_resolve_references())
+    small.cfg.agent.token_budget = 300
+    with pytest.raises(ValueError, match="token_budget=300"):
+        S.run_exemplar(small, "adaplan", "every_step")
+
+
+def test_a_chat_template_without_a_system_role_fails_at_start_up(tmp_path, small_demo_config):
+    """build_context checks the run's chat template before anything runs, naming the config key."""
+    from pilotrl_jax.train import setup as S
+
+    tok = build_word_tokenizer(["go to desk 1", "take pen 1 from desk 1"] * 5, vocab_size=400)
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] != 'system' %}"
+                         "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}"
+                         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    tok.save_pretrained(str(tmp_path / "tok"))
+    cfg = small_demo_config(2, 1)
+    cfg.tokenizer.path = str(tmp_path / "tok")
+    with pytest.raises(ValueError, match=r"from config.tokenizer.path=.*drops the system message") as e:
+        S.build_context(cfg, str(tmp_path / "run"))
+    assert "--config.tokenizer.path" in str(e.value) and not (tmp_path / "run" / "base").exists()

@@ -23,7 +23,10 @@ def rows_from_run(workdir: str, stages: Iterable[str], seed: int) -> list[dict]:
                              "split": "heldout", "success_rate": float(r["success_rate"]),
                              "episodes": int(r["episodes"]), "per_type": r.get("per_type", {}),
                              "pass_at_k": float(r.get("pass_at_k", 0.0)),
-                             "samples_per_task": int(r.get("samples_per_task", 0))})
+                             "samples_per_task": int(r.get("samples_per_task", 0)),
+                             "success_std_over_samples": float(r.get("success_std_over_samples", 0.0)),
+                             "format_error_rate": float(r.get("format_error_rate", 0.0)),
+                             "format_errors_per_episode": float(r.get("format_errors_per_episode", 0.0))})
     return rows
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from typing import Any
 
 import jax
@@ -111,6 +112,11 @@ def demo_arrays(ctx, st, stage_dir: str) -> dict:
         batch = collect_demos(ctx, ctx.train_tasks, mode, replan, ctx.cfg.seed + i)
         batch.episodes = [e for e in batch.episodes if e.won]  # only successful demonstrations
         parts.append(batch)
+    if not any(b.episodes for b in parts):
+        raise RuntimeError(f"the expert won none of the {len(ctx.train_tasks)} training tasks within "
+                           f"config.agent.max_turns={ctx.cfg.agent.max_turns} turns and config.agent.token_budget="
+                           f"{ctx.cfg.agent.token_budget} tokens, so there are no demonstrations for SFT; raise "
+                           "them or config.env.num_train_tasks")
     T = max(max(e.length for e in b.episodes) for b in parts if b.episodes)
     T = int(-(-T // 64) * 64)
     arrs = [b.to_arrays(pad_to=T) for b in parts if b.episodes]
@@ -157,6 +163,7 @@ def run_sft_stage(ctx, st, params, stage_dir: str, ck, metrics, stop_flag) -> An
     bar = tqdm(range(start, st.steps), desc=st.name, unit="step", initial=start, total=st.steps,
                disable=not dist.is_coordinator())
     for step in bar:
+        t0 = time.perf_counter()
         rng = np.random.default_rng([int(cfg.seed), step])
         idx = rng.choice(n, size=bs, replace=False)
         T = sft_length(data["attention_mask"][idx], int(cfg.sft.length_bucket))
@@ -169,7 +176,7 @@ def run_sft_stage(ctx, st, params, stage_dir: str, ck, metrics, stop_flag) -> An
         params, opt_state, loss = step_fn(params, opt_state, batch)
         loss = float(dist.to_host(loss))
         bar.set_postfix(loss=f"{loss:.3f}")
-        metrics.write(step + 1, {"sft/loss": loss, "sft/demos": n})
+        metrics.write(step + 1, {"sft/loss": loss, "sft/demos": n, "time/step_s": time.perf_counter() - t0})
         stopping = agreed_stop(stop_flag)
         if (step + 1) % int(cfg.checkpoint.every) == 0 or step + 1 == st.steps or stopping:
             ck.save(step + 1, params, {"opt_state": opt_state}, {"stage": st.name, "data_pos": step + 1})

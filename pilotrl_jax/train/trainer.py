@@ -324,9 +324,11 @@ def final_eval(ctx, st: C.StageSettings, params, stage_dir: str) -> list:
     """Evaluate a stage's final params on held-out tasks in every eval mode; writes eval.json."""
     rows = []
     for mode in C.eval_modes(ctx.cfg, st.name):
+        t0 = time.perf_counter()
         table, batch = evaluate(ctx, params, ctx.eval_tasks[: int(ctx.cfg.eval.num_tasks)], mode=mode,
                                 group_size=int(ctx.cfg.eval.group_size), progress=True)
-        rows.append(dict(model=st.name, mode=mode, seed=int(ctx.cfg.seed), split=ctx.cfg.env.eval_split, **table))
+        rows.append(dict(model=st.name, mode=mode, seed=int(ctx.cfg.seed), split=ctx.cfg.env.eval_split,
+                         wall_s=time.perf_counter() - t0, **table))
         if jax.process_index() == 0:
             batch.to_jsonl(os.path.join(stage_dir, f"eval_{mode}.jsonl"))
     if jax.process_index() == 0:

@@ -1,13 +1,17 @@
-"""RL smoke run on a real checkpoint: the trainer's pipeline, then the HF export, then a logits check
-of the export in transformers' LlamaForCausalLM (torch) against our JAX model at the same params.
+"""The whole PilotRL pipeline on a real checkpoint, end to end: the trainer's pipeline (SFT warm start,
+stages 1 -> 2 -> 3, stage 3 alone; held-out evaluation of each stage in every eval mode), results.json
+and curves.png, the HF export of the last stage, and a logits check of the export in transformers'
+LlamaForCausalLM (torch) against our JAX model at the same params.
 
-    python -m pilotrl_jax.experiments.rl_smoke --config configs/smollm2_alfworld.py:smoke \\
-        --workdir runs/smollm2_rl [--out runs/smollm2_rl/hf] [--no_eval]
+    python -m pilotrl_jax.experiments.real_model --config configs/smollm2_alfworld.py:device \
+        --out runs/smollm2_device [--hf_out DIR] [--no_eval]
 
-Same as `python -m pilotrl_jax.train ...` followed by `python -m pilotrl_jax.export --checkpoint
-WORKDIR/<last stage>/checkpoints/final --out WORKDIR/hf`, plus the check. Rerunning with the same
-WORKDIR resumes (finished stages are skipped). Writes WORKDIR/smoke.json (per-stage metrics of the
-last step, eval rows, export check) and exits non-zero when the export does not match.
+One script for every scale: the config arg sets it (`:tiny` in the test suite, `:cpu` on a laptop,
+`:device` on one GPU; see gpu/README.md). Rerunning with the same --out resumes (finished stages are
+skipped). Writes OUT/results.json ({"runs": rows}: one row per evaluated model and mode, with the
+spread over samples and the format-error rate), OUT/report.json (the last step's metrics per stage,
+the export check, the time each phase took) and OUT/curves.png; exits non-zero when the export does
+not match.
 """
 from __future__ import annotations
 
@@ -23,9 +27,9 @@ from ml_collections import config_flags
 
 def _define_flags() -> None:
     """Register the CLI flags (only when run as a program, so importing this module defines none)."""
-    config_flags.DEFINE_config_file("config", None, "The run's config file (e.g. configs/smollm2_alfworld.py:smoke).")
-    flags.DEFINE_string("workdir", None, "Output directory; rerun with the same one to resume.")
-    flags.DEFINE_string("out", None, "HF directory to export to (default WORKDIR/hf).")
+    config_flags.DEFINE_config_file("config", None, "The run's config file (e.g. configs/smollm2_alfworld.py:cpu).")
+    flags.DEFINE_string("out", None, "Output directory; rerun with the same one to resume.")
+    flags.DEFINE_string("hf_out", None, "HF directory to export to (default OUT/hf).")
     flags.DEFINE_bool("no_eval", False, "Skip the held-out evaluation at the end of each stage.")
 
 
@@ -52,6 +56,7 @@ def sample_ids(tokenizer, n_max: int = 512) -> list[int]:
 
 def check_export(hf_dir: str, checkpoint: str, ids: Optional[Sequence[int]] = None, tol: float = PARITY_TOL) -> dict:
     """LlamaForCausalLM (torch) logits of `hf_dir` vs our JAX model at `checkpoint`'s params; raises if > tol."""
+    import jax
     import numpy as np
     import torch
     import transformers
@@ -70,6 +75,8 @@ def check_export(hf_dir: str, checkpoint: str, ids: Optional[Sequence[int]] = No
     model = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits.float().numpy()
+    config = config.replace(dtype="float32")  # a bf16-trained run's export is checked at float32, as torch runs it
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
     ours = np.asarray(llama.forward(config, params, np.asarray([ids], np.int32)), np.float32)
     diff = float(np.abs(ours - ref).max())
     agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
@@ -92,20 +99,23 @@ def _last_metrics(stage_dir: str) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def run_smoke(cfg, workdir: str, out: Optional[str] = None, evaluate_stages: bool = True) -> dict:
-    """Run (or resume) the config's pipeline, export the last stage's final params to HF, check the export."""
+def run_real_model(cfg, out_dir: str, hf_out: Optional[str] = None, evaluate_stages: bool = True) -> dict:
+    """Run (or resume) the config's pipeline, write results.json, export the last stage to HF and check it."""
     from pilotrl_jax import export
+    from pilotrl_jax.experiments.results import rows_from_run, write_results
     from pilotrl_jax.train import config as C
     from pilotrl_jax.train.trainer import run_pipeline
 
     C.validate(cfg)
-    workdir = os.path.abspath(workdir)
+    out_dir = os.path.abspath(out_dir)
     t0 = time.perf_counter()
-    stages = run_pipeline(cfg, workdir, evaluate_stages=evaluate_stages)
+    stages = run_pipeline(cfg, out_dir, evaluate_stages=evaluate_stages)
     t_train = time.perf_counter() - t0
-    last = C.pipeline(cfg)[-1]
-    final = stages[last]["final"]
-    hf_dir = os.path.abspath(out or os.path.join(workdir, "hf"))
+    names = C.pipeline(cfg)
+    rows = rows_from_run(out_dir, names, cfg.seed)
+    write_results(os.path.join(out_dir, "results.json"), rows)
+    final = stages[names[-1]]["final"]
+    hf_dir = os.path.abspath(hf_out or os.path.join(out_dir, "hf"))
     t1 = time.perf_counter()
     rc = export.main(["--checkpoint", final, "--out", hf_dir])
     if rc != 0:
@@ -115,29 +125,57 @@ def run_smoke(cfg, workdir: str, out: Optional[str] = None, evaluate_stages: boo
     check = check_export(hf_dir, final)
     t_check = time.perf_counter() - t2
     report = {
-        "workdir": workdir, "pipeline": list(C.pipeline(cfg)), "final": final, "hf_dir": hf_dir,
-        "stages": {n: {"last_step": _last_metrics(os.path.join(workdir, n)), "eval": v["eval"]}
-                   for n, v in stages.items()},
+        "out": out_dir, "pipeline": list(names), "final": final, "hf_dir": hf_dir, "rows": rows,
+        "stages": {n: {"last_step": _last_metrics(os.path.join(out_dir, n)), "eval": v["eval"],
+                       "time_s": _stage_seconds(os.path.join(out_dir, n)),
+                       "eval_s": float(sum(r.get("wall_s", 0.0) for r in v["eval"]))} for n, v in stages.items()},
         "export_check": check,
         "time_s": {"pipeline": t_train, "export": t_export, "check": t_check},
     }
-    with open(os.path.join(workdir, "smoke.json"), "w") as f:
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2, default=float)
     return report
 
 
+def _stage_seconds(stage_dir: str) -> Optional[float]:
+    """Wall seconds a stage's steps took (the sum of its metrics' time/step_s), None when unrecorded."""
+    path = os.path.join(stage_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = [json.loads(ln) for ln in f if ln.strip()]
+    t = [r["time/step_s"] for r in rows if "time/step_s" in r]
+    return float(sum(t)) if t else None
+
+
+def format_rows(rows: Sequence[dict]) -> str:
+    """results.json rows as a table: success (and its spread over samples), pass@k, format errors."""
+    head = f"{'model':<12} {'mode':<8} {'success':>8} {'+- samples':>10} {'episodes':>8} {'pass@k':>7} {'fmt err/ep':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        k = r.get("samples_per_task", 0)
+        pk = f"{r['pass_at_k'] * 100:.1f}%" if k else "-"
+        lines.append(f"{r['model']:<12} {r['mode']:<8} {r['success_rate'] * 100:>7.1f}% "
+                     f"{r.get('success_std_over_samples', 0.0) * 100:>9.1f}% {r['episodes']:>8} {pk:>7} "
+                     f"{r.get('format_errors_per_episode', 0.0):>10.2f}")
+    return "\n".join(lines)
+
+
 def format_report(report: dict) -> str:
-    """A few lines: per-stage reward/success/grad norm of the last step, eval rows, export check, times."""
+    """Per-stage last-step metrics, the held-out table, the export check and the times."""
     lines = []
     for name, s in report["stages"].items():
         m = s["last_step"]
-        if m:
+        took = (f", steps {s['time_s']:.0f} s" if s.get("time_s") else "") + (
+            f", held-out evaluation {s['eval_s']:.0f} s" if s.get("eval_s") else "")
+        if m and "reward/mean" in m:
             lines.append(f"[{name}] step {m.get('step')}: reward {m.get('reward/mean', float('nan')):+.3f} "
                          f"success {m.get('success/train', float('nan')):.2f} "
                          f"grad_norm {m.get('ppo/grad_norm', float('nan')):.3g} "
-                         f"step time {m.get('time/step_s', float('nan')):.0f} s")
-        for r in s["eval"]:
-            lines.append(f"[{name}] eval {r['mode']}: success {r['success_rate'] * 100:.1f}% of {r['episodes']}")
+                         f"step time {m.get('time/step_s', float('nan')):.0f} s{took}")
+        elif m:
+            lines.append(f"[{name}] step {m.get('step')}: loss {m.get('sft/loss', float('nan')):.3f}{took}")
+    lines += ["", "Held-out success (+- = std over samples):", format_rows(report["rows"]), ""]
     c = report["export_check"]
     lines.append(f"export {c['hf_dir']}: {c['hf_class']} ({c['num_params'] / 1e6:.1f}M params) loads; "
                  f"max |logit diff| vs JAX {c['max_abs_logit_diff']:.2e} over {c['tokens']} tokens "
@@ -152,19 +190,20 @@ def main(argv):
     del argv
     F = flags.FLAGS
     logging.set_verbosity(logging.WARNING)
-    if F.config is None or not F.workdir:
-        print("usage: python -m pilotrl_jax.experiments.rl_smoke --config configs/FILE.py[:smoke] --workdir DIR",
+    if F.config is None or not F.out:
+        print("usage: python -m pilotrl_jax.experiments.real_model --config configs/FILE.py[:SCALE] --out DIR",
               file=sys.stderr)
         return 2
     from pilotrl_jax.train.setup import use_compilation_cache
 
-    use_compilation_cache(F.workdir)
+    use_compilation_cache(F.out)
     try:
-        report = run_smoke(F.config, F.workdir, F.out, evaluate_stages=not F.no_eval)
+        report = run_real_model(F.config, F.out, F.hf_out, evaluate_stages=not F.no_eval)
     except (ValueError, FileNotFoundError, AssertionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_report(report))
+    print(f"\nresults: {os.path.join(report['out'], 'results.json')}\ncurves:  {os.path.join(report['out'], 'curves.png')}")
     return 0
 
 

@@ -20,7 +20,10 @@ Why each setting that differs from base_config:
 - stages 1 / 2 / 3: 2 / 2 / 24 steps (stage 3 takes what is left of 15 minutes), lr 5e-4 / 5e-4 / 1.5e-4 (higher
   broke the format in stage 3), stage 3 `ppo_epochs=2` (one pass barely moves the policy);
 - `eval`: the warm start and the final model only, on 32 held-out tasks x 4 samples (about +-3 points of noise);
-- `checkpoint.every=50`: fewer saves, less time.
+- `checkpoint.every=50`: fewer saves, less time;
+- `rollout.share_prefix=False`, `rollout.fine_buckets=False`: the recorded demo results were made before
+  the sampler shared prompt prefixes and used finer shapes (the same computation in other shapes: float
+  rounding differs by ~1e-7, and over 24 RL steps that moves the run off the recorded one).
 """
 from pilotrl_jax.train.config import base_config
 
@@ -54,6 +57,8 @@ def get_config(arg: str = ""):
     c.rollout.temperature = 0.6
     c.rollout.tasks_per_step = 8
     c.rollout.group_size = 8
+    c.rollout.share_prefix = False
+    c.rollout.fine_buckets = False
     c.rl.num_mini_batches = 4
     c.rl.old_logprobs = "sampler"
     c.reward.outcome = "score"

@@ -254,7 +254,8 @@ def test_sampler_shapes_are_the_trainers_engines(monkeypatch):
 
     def worst_case(policy):  # every row busy with an episode at the cache's length
         eng = policy.engine
-        hs = policy.start([[1] * (eng.max_len - 1)] * eng.num_free, seeds=list(range(eng.num_free)))
+        # distinct first tokens: no shared prefix (its one-row prefill is no worst case)
+        hs = policy.start([[2 + i] + [1] * (eng.max_len - 2) for i in range(eng.num_free)], seeds=list(range(eng.num_free)))
         policy.generate(hs, 1, stop_strings=None)
         policy.release(hs)
 

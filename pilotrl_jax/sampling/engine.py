@@ -21,11 +21,19 @@ Design:
   record tokens; the next `generate` pre-fills what is not cached yet (chunked), then feeds the
   pending token and decodes. So history is pre-filled exactly once and a turn costs one prefill of
   the new tokens plus the decode steps.
-- Static shapes: a call works on a sub-batch of B rows (B a power of two, >= the mesh batch size;
-  padding rows point past the cache and are masked) and a window of the first W cache slots (W a
-  power of two >= 64, at most max_len, covering the longest row plus max_new_tokens), so attention
-  reads only W slots. Prefill chunks have power-of-two lengths (16 .. prefill_chunk). A run compiles
-  a handful of times: `pilotrl_jax.traces.trace_counts()` counts traces per jitted function.
+- Static shapes: a call works on B rows (a power of two, >= the mesh batch size; padding rows point
+  past the cache and write nothing) and a window of the first W cache slots (covering the longest row
+  plus max_new_tokens: a power of two >= 64 up to 256, then 2 sizes per octave, `cache.fine_bucket`;
+  at most max_len), so attention reads only W slots: the call gathers its rows' first W slots and
+  scatters them back (cheaper than decoding in the whole cache with a window: measured). Prefill
+  chunks are fine buckets of 16 .. prefill_chunk tokens. A run compiles a handful of times:
+  `pilotrl_jax.traces.trace_counts()` counts traces per jitted function.
+- Shared prefix (share_prefix=True): when two or more fresh episodes of a call share >= MIN_SHARED
+  leading tokens (the system prompt; a GRPO group's whole prompt), those are pre-filled once (one
+  row), kept, and copied into every fresh episode's row that starts with (a part of) them, in this
+  call or later ones, until the params change. Tokens equal per-episode prefill's; log-probs agree
+  to float rounding (~1e-5 on SmolLM2: the prefix is computed in another batch shape, as any change
+  of batch composition does).
 - Decode runs on device in a `lax.while_loop` of up to `decode_chunk` steps that ends early when
   every row is done. Stop strings are checked on the host between chunks (`stops.StopStrings`);
   a chunk also ends once every running row sampled a token that could complete a stop string.
@@ -43,6 +51,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import time
 from typing import Any, Optional, Sequence, Union
 
 import jax
@@ -54,14 +63,17 @@ from pilotrl_jax.buckets import bucket_length
 from pilotrl_jax.models import llama
 from pilotrl_jax.models.config import LlamaConfig
 from pilotrl_jax.sampling import filters
+from pilotrl_jax.sampling.cache import (CACHE_AXES, _gather, _put_prefix, _scatter, cache_structure,  # noqa: F401
+                                         common_prefix_length, constrain, decode_config, decode_params,
+                                         fine_bucket)
 from pilotrl_jax.sampling.stops import StopStrings, check_stop_strings, trigger_table
 from pilotrl_jax.traces import count_trace
 
 STOP_REASONS = ("running", "eos", "stop_string", "max_tokens", "cache_full")
 _RUNNING, _EOS, _STOP, _MAX, _FULL = range(5)
-CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
 MIN_WINDOW = 64
 MIN_PREFILL = 16
+MIN_SHARED = 32  # shortest token prefix worth storing and copying (share_prefix)
 
 @dataclasses.dataclass
 class GenerationResult:
@@ -87,72 +99,12 @@ class _Episode:
 
 
 # ----------------------------------------------------------------------------- jitted kernels
-def decode_config(config: LlamaConfig) -> LlamaConfig:
-    """The config the engine decodes with: the model's, with layers unscanned (per-layer caches)."""
-    return dataclasses.replace(config, scan_layers=False, remat_policy="none")
-
-
-@functools.lru_cache(maxsize=16)
-def _unstack_fn(dcfg: LlamaConfig, mesh):
-    """The jitted scanned -> per-layer copy for one config and mesh (built once: it runs every weight sync)."""
-    shardings = None if mesh is None else llama.param_shardings(dcfg, mesh)
-    return jax.jit(functools.partial(llama.unstack_layers, dcfg), out_shardings=shardings)
-
-
-def decode_params(config: LlamaConfig, params, mesh=None):
-    """`params` of a model with `config` in the layout `decode_config(config)` reads (per layer; a copy
-    when the model scans its layers), placed with that layout's shardings on `mesh`."""
-    if params is None:
-        return None
-    dcfg = decode_config(config)
-    if "layers" in params:
-        return _unstack_fn(dcfg, mesh)(params)
-    return params if mesh is None else jax.device_put(params, llama.param_shardings(dcfg, mesh))
-
-
-def cache_structure(config: LlamaConfig, batch: int, length: int, dtype, make) -> dict:
-    """The engine's KV cache layout, leaves built by `make(shape, dtype, axes)`: with scanned layers one
-    stacked [layers, B, S, kv, hd] array per k/v; unscanned, a list of one [B, S, kv, hd] per layer, so
-    a layer's slots are never sliced out of a stacked array (a copy of the whole layer per call)."""
-    tail = (batch, length, config.num_kv_heads, config.head_dim)
-    if config.scan_layers:
-        return {n: make((config.num_layers,) + tail, dtype, CACHE_AXES) for n in ("k", "v")}
-    return {n: [make(tail, dtype, CACHE_AXES[1:]) for _ in range(config.num_layers)] for n in ("k", "v")}
-
-
-def _constrain(cache, mesh):
-    if mesh is None:
-        return cache
-    return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, sh.named_sharding(mesh, CACHE_AXES[-x.ndim:], x.shape)),
-        cache)  # a stacked cache, or one layer's [B, S, K, Dh]
-
-
-@functools.partial(jax.jit, static_argnames=("window", "mesh"))
-def _gather(cache, rows, *, window, mesh):
-    """Rows `rows` (out-of-range → zeros) and the first `window` slots of the cache."""
-    count_trace("gather")
-    # axis b = the batch axis: 1 in a stacked [L, B, S, ...] leaf, 0 in a per-layer [B, S, ...] one
-    sub = jax.tree.map(lambda x: jnp.take(jax.lax.slice_in_dim(x, 0, window, axis=x.ndim - 3), rows,
-                                          axis=x.ndim - 4, mode="fill", fill_value=0), cache)
-    return _constrain(sub, mesh)
-
-
-@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("cache",))
-def _scatter(cache, sub, rows, *, mesh):
-    """Write a sub-cache back into its rows (out-of-range rows dropped)."""
-    count_trace("scatter")
-    out = jax.tree.map(lambda x, s: x.at[(slice(None),) * (x.ndim - 4) + (rows, slice(0, s.shape[-3]))].set(
-        s, mode="drop"), cache, sub)
-    return _constrain(out, mesh)
-
-
 @functools.partial(jax.jit, static_argnames=("config", "mesh"), donate_argnames=("cache",))
 def _prefill(config, params, cache, ids, pos, *, mesh):
     """Write the keys/values of tokens `ids` [B, C] at `pos` [B, C] into the cache."""
     count_trace("prefill")
     _, cache = llama.forward_with_cache(config, params, ids, pos, cache)
-    return _constrain(cache, mesh)
+    return constrain(cache, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mode", "chunk", "mesh"), donate_argnames=("cache",))
@@ -172,7 +124,7 @@ def _decode(config, params, cache, state, stop_table, trigger, sampling, n_steps
         active = ~st["done"]
         feed_pos = jnp.where(active, st["pos"], W)  # done rows write nothing (out of the window)
         logits, cache = llama.forward_with_cache(config, params, st["tok"][:, None], feed_pos[:, None], cache)
-        cache = _constrain(cache, mesh)
+        cache = constrain(cache, mesh)
         new_pos = st["pos"] + 1
         keys = jax.vmap(jax.random.fold_in)(st["keys"], new_pos)
         tok, lp = filters.sample_tokens(logits[:, 0], keys, temperature, top_k, top_p, mode)
@@ -200,7 +152,8 @@ class SamplerEngine:
     def __init__(self, config: LlamaConfig, params, max_batch: int = 8, max_len: int = 2048, *,
                  mesh=None, seed: int = 0, tokenizer: Any = None, stop_token_ids: Sequence[int] = (),
                  stop_strings: Sequence[str] = (), prefill_chunk: int = 256, decode_chunk: int = 64,
-                 cache_dtype: Optional[str] = None):
+                 cache_dtype: Optional[str] = None, timed: bool = False, share_prefix: bool = True,
+                 fine_buckets: bool = True):
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}; expected >= 1 (episodes held at once)")
         if max_len < 2:
@@ -220,20 +173,23 @@ class SamplerEngine:
         self.max_batch = int(max_batch)
         self.stop_token_ids = self._check_stop_ids(stop_token_ids)
         self.stop_strings = check_stop_strings(stop_strings, tokenizer)
+        # share_prefix: a token prefix fresh episodes share (the system prompt) is pre-filled once, its
+        # keys/values kept (`_prefix_kv`) and copied into their rows (`_share_prefix`)
+        self.share_prefix = bool(share_prefix)
+        # fine_buckets: windows above 256 slots in 2 sizes per octave and prefill chunks in 4 (less padding,
+        # a few more compiles); False = powers of two (shapes, and so float rounding, of the engine before)
+        self.fine_buckets = bool(fine_buckets)
+        self._prefix_tokens, self._prefix_kv = [], None
         self.params = params  # laid out per layer by the setter
-        dt = llama.dtype_of(cache_dtype or config.dtype)
-        make = lambda: cache_structure(config, self.max_batch, self.max_len, dt,
-                                       lambda shape, d, axes: jnp.zeros(shape, d))
-        if mesh is None:
-            self.cache = make()
-        else:
-            shard = cache_structure(config, self.max_batch, self.max_len, dt,
-                                    lambda shape, d, axes: sh.named_sharding(mesh, axes, shape))
-            self.cache = jax.jit(make, out_shardings=shard)()
+        self.cache_dtype = llama.dtype_of(cache_dtype or config.dtype)
+        self.cache = self._new_cache(self.max_batch, self.max_len)
         self._eps: dict[int, _Episode] = {}
         self._free = list(range(self.max_batch))
         self._next_id = 0
         self.stats = collections.Counter()
+        # timed=True: wait for each kernel so `stats` attributes wall time (gather_s, prefill_s, decode_s,
+        # scatter_s, host_s, stop_check_s); without it the *_s entries only count dispatch + sync points.
+        self.timed = bool(timed)
 
     @property
     def params(self):
@@ -244,6 +200,17 @@ class SamplerEngine:
     def params(self, value):
         """Assign new params (a weight sync): kept in the engine's per-layer decode layout."""
         self._params = decode_params(self.model_config, value, self.mesh)
+        self._prefix_tokens, self._prefix_kv = [], None  # keys/values of the old params
+
+    def _new_cache(self, rows: int, length: int):
+        """A zero KV cache of `rows` rows and `length` slots (sharded over the mesh's batch axes)."""
+        make = lambda: cache_structure(self.config, rows, length, self.cache_dtype,
+                                       lambda shape, d, axes: jnp.zeros(shape, d))
+        if self.mesh is None:
+            return make()
+        shard = cache_structure(self.config, rows, length, self.cache_dtype,
+                                lambda shape, d, axes: sh.named_sharding(self.mesh, axes, shape))
+        return jax.jit(make, out_shardings=shard)()
 
     # ------------------------------------------------------------------ validation helpers
     def _check_stop_ids(self, ids) -> tuple:
@@ -361,7 +328,10 @@ class SamplerEngine:
         n = len(eps)
         B = bucket_length(n, "pow2", self.min_batch)
         need = max(len(ep.tokens) + lim for ep, lim in zip(eps, limits))
-        W = bucket_length(need, "pow2", MIN_WINDOW, self.max_len)
+        # windows: powers of two up to 256, then 2 per octave (each size is one more decode compile)
+        fine = self.fine_buckets and need > 4 * MIN_WINDOW
+        W = fine_bucket(need, MIN_WINDOW, self.max_len, 2) if fine else bucket_length(
+            need, "pow2", MIN_WINDOW, self.max_len)
         whole = B == self.max_batch and W == self.max_len
         if whole:  # the call spans the whole cache: use it in place, rows in their own order
             rows = np.arange(B)
@@ -372,12 +342,17 @@ class SamplerEngine:
             rows[:n] = [ep.row for ep in eps]
         rows = jnp.asarray(rows, jnp.int32)
         cache, self.cache = self.cache, None
+        self.stats["generate_calls"] += 1
+        self.stats["rows_x_window"] += B * W
         try:
-            sub = cache if whole else _gather(cache, rows, window=W, mesh=self.mesh)
+            t0 = time.perf_counter()
+            sub = cache if whole else self._tick("gather_s", t0, _gather(cache, rows, window=W, mesh=self.mesh))
+            sub = self._share_prefix(sub, eps, slots, B)
             sub = self._prefill_pending(sub, eps, slots, B, W)
             sub, results = self._decode_loop(sub, eps, slots, limits, B, W, stop_table, trigger, checker,
                                              (temperature, top_k, top_p), mode)
-            cache = sub if whole else _scatter(cache, sub, rows, mesh=self.mesh)
+            t0 = time.perf_counter()
+            cache = sub if whole else self._tick("scatter_s", t0, _scatter(cache, sub, rows, mesh=self.mesh))
         finally:
             self.cache = cache
         for h, r in zip(handles, results):
@@ -385,14 +360,56 @@ class SamplerEngine:
         return results
 
     # ------------------------------------------------------------------ internals
+    def _tick(self, key: str, t0: float, out=None):
+        """Add the time since t0 to stats[key] (after `out` is ready when timed); returns `out`, or now."""
+        if self.timed and out is not None:
+            jax.block_until_ready(out)
+        now = time.perf_counter()
+        self.stats[key] += now - t0
+        return now if out is None else out
+
+    def _share_prefix(self, sub, eps, slots, B):
+        """Give fresh episodes the stored prefix's keys/values (copied into their rows), first storing the
+        prefix two or more of them share when it is longer than what the stored one gives them."""
+        fresh = [(ep, s) for ep, s in zip(eps, slots) if ep.cached == 0]
+        if not self.share_prefix or not fresh:
+            return sub
+        feeds = [ep.tokens[:-1] for ep, _ in fresh]
+        got = [common_prefix_length(self._prefix_tokens, f) for f in feeds]
+        shared = min((common_prefix_length(feeds[0], f) for f in feeds[1:]), default=0)
+        if shared >= MIN_SHARED and shared > min(got):
+            self._prefix_tokens, self._prefix_kv = [], None
+            P = min(self.max_len, bucket_length(shared, "pow2", MIN_WINDOW))
+            probe = _Episode(row=0, tokens=feeds[0][:shared] + [0], cached=0, key=None)
+            self._prefix_kv = self._prefill_pending(self._new_cache(self.min_batch, P), [probe], [0],
+                                                    self.min_batch, P)
+            self._prefix_tokens = feeds[0][:shared]
+            self.stats["prefix_built_tokens"] += shared
+            got = [common_prefix_length(self._prefix_tokens, f) for f in feeds]
+        use = [(ep, s, m) for (ep, s), m in zip(fresh, got) if m >= MIN_SHARED]
+        if use:
+            rows = np.full(B, B, np.int32)  # row B: past the sub-cache, dropped
+            rows[:len(use)] = [s for _, s, _ in use]
+            t0 = time.perf_counter()
+            sub = _put_prefix(sub, self._prefix_kv, jnp.asarray(rows), mesh=self.mesh)
+            sub = self._tick("prefix_copy_s", t0, sub)
+            for ep, _, m in use:
+                ep.cached = m
+                self.stats["prefix_tokens"] += m
+        return sub
+
     def _prefill_pending(self, sub, eps, slots, B, W):
-        """Chunked prefill of every episode's uncached tokens except the pending last one."""
+        """Chunked prefill of every episode's uncached tokens except the pending last one (W: the
+        sub-cache's slots, where padding rows write nothing)."""
         feeds = [ep.tokens[ep.cached:len(ep.tokens) - 1] for ep in eps]
         longest = max(len(f) for f in feeds)
         if longest == 0:
             return sub
-        C = bucket_length(longest, "pow2", MIN_PREFILL, self.prefill_chunk)
-        for j in range(0, longest, C):
+        t0 = time.perf_counter()
+        j = 0
+        while j < longest:
+            C = (fine_bucket(longest - j, MIN_PREFILL, self.prefill_chunk) if self.fine_buckets
+                 else bucket_length(longest, "pow2", MIN_PREFILL, self.prefill_chunk))
             ids = np.zeros((B, C), np.int32)
             pos = np.full((B, C), W, np.int32)  # padding rows write nothing
             for ep, s, f in zip(eps, slots, feeds):
@@ -401,6 +418,10 @@ class SamplerEngine:
                 # padding after a row's real tokens sits at later positions: overwritten before it is read
                 pos[s] = ep.cached + j + np.arange(C)
             sub = _prefill(self.config, self.params, sub, jnp.asarray(ids), jnp.asarray(pos), mesh=self.mesh)
+            self.stats["prefill_calls"] += 1
+            self.stats["prefill_slots"] += B * C
+            j += C
+        sub = self._tick("prefill_s", t0, sub)
         for ep, f in zip(eps, feeds):
             ep.cached += len(f)
             self.stats["prefill_tokens"] += len(f)
@@ -431,6 +452,7 @@ class SamplerEngine:
         stop_table, trigger = jnp.asarray(stop_table), jnp.asarray(trigger)
         n_new = np.zeros(B, np.int32)
         while not done[slots].all():
+            t0 = time.perf_counter()
             steps = min(self.decode_chunk, int(max(limit[s] - n_new[s] for s in slots if not done[s])))
             state = dict(tok=tok, pos=pos, done=done, reason=reason, n_new=n_new, limit=limit, keys=keys)
             state = {k: jnp.asarray(v) for k, v in state.items()}
@@ -439,6 +461,9 @@ class SamplerEngine:
                 jnp.int32(self.max_len), mode=mode, chunk=self.decode_chunk, mesh=self.mesh)
             st = jax.device_get(state)
             out_tok, out_lp = np.asarray(out_tok), np.asarray(out_lp)
+            t0 = self._tick("decode_s", t0)
+            self.stats["decode_calls"] += 1
+            self.stats["decode_steps"] += int((out_tok >= 0).any(axis=0).sum())
             tok, pos, done, reason, n_new = (np.array(st[k]) for k in ("tok", "pos", "done", "reason", "n_new"))
             for i, s in enumerate(slots):
                 got = out_tok[s] >= 0
@@ -450,13 +475,16 @@ class SamplerEngine:
                 fed[i] = len(gen[i])
                 if checker is None:
                     continue
+                t1 = time.perf_counter()
                 k = checker.find(gen[i], start)
+                self._tick("stop_check_s", t1)
                 if k is not None:
                     del gen[i][k + 1:], lps[i][k + 1:]
                     matched[i] = checker.matched(gen[i], k)
                     ep = eps[i]
                     done[s], reason[s] = True, _STOP
                     tok[s], pos[s], n_new[s] = gen[i][-1], len(ep.tokens) - 1 + len(gen[i]), len(gen[i])
+            self._tick("host_s", t0)
         results = []
         for i, (ep, s) in enumerate(zip(eps, slots)):
             ep.tokens.extend(gen[i])

@@ -86,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
         hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
         dtype="float32", param_dtype="float32", scan_layers=False, remat_policy="none",
         attention_query_chunk=128,  # queries per causal attention block in training/scoring (0 = full matrix)
+        # attention kernel in training/scoring (no KV cache): xla (the blocked einsum: default, any backend)
+        # | splash (Pallas, TPU) | cudnn (cuDNN flash, GPU) | auto (tpu -> splash, gpu -> cudnn, cpu -> xla)
+        attention_impl="xla",
         tie_word_embeddings=False,  # tiny models: one matrix embeds and unembeds tokens
     ))
     c.tokenizer = ml_collections.ConfigDict(dict(
@@ -137,6 +140,13 @@ def base_config() -> ml_collections.ConfigDict:
         # GiB per device the memory plan (pilotrl_jax.train.memory_plan) checks RL stages against at start-up:
         # 0 = 90% of what the device reports (none on CPU: no check); > 0 = this many; < 0 = no check
         memory_budget_gib=0.0,
+        # the sampler pre-fills a token prefix fresh episodes share (the system prompt; a group's whole
+        # prompt) once and copies its keys/values into their rows: the same tokens, log-probs equal to
+        # float rounding (~1e-5 on SmolLM2; the prefix runs in another batch shape); False = per row
+        share_prefix=True,
+        # sampler shapes: cache windows above 256 slots in 2 sizes per octave, prefill chunks in 4 (half the
+        # padded prefill of powers of two; a few more compiles); False = powers of two
+        fine_buckets=True,
     ))
     # rl / reward: PPOConfig's and RewardConfig's fields, less those each stage (or the rollout) sets
     ppo = {k: v for k, v in dataclasses.asdict(PPOConfig()).items() if f"rl.{k}" not in MOVED_KEYS}

@@ -25,7 +25,10 @@ def make_engine(ctx, params, rows: int, seed: int) -> SamplerEngine:
     from pilotrl_jax.agent.parser import STOP_STRINGS
 
     return SamplerEngine(ctx.model_cfg, multihost.sampler_params(ctx, params), max_batch=max(1, rows),
-                         max_len=int(ctx.cfg.agent.token_budget), mesh=multihost.sampler_mesh(ctx), seed=seed, tokenizer=ctx.tokenizer, stop_strings=STOP_STRINGS)
+                         max_len=int(ctx.cfg.agent.token_budget), mesh=multihost.sampler_mesh(ctx), seed=seed,
+                         tokenizer=ctx.tokenizer, stop_strings=STOP_STRINGS,
+                         share_prefix=bool(ctx.cfg.rollout.get("share_prefix", True)),
+                         fine_buckets=bool(ctx.cfg.rollout.get("fine_buckets", True)))
 
 
 def rollout_config(ctx, *, group_size: int, mode: str, replan: Optional[str], temperature: float, top_p: float,

@@ -52,6 +52,10 @@ def test_one_config_three_scales():
     assert dev.model.dtype == "bfloat16" and dev.model.param_dtype == "float32"
     assert dev.eval.num_tasks * dev.eval.group_size >= 128  # episodes per results row
     assert cpu.model.dtype == "float32"
+    from pilotrl_jax.train import memory_plan
+
+    dev.rollout.memory_budget_gib = 40.0  # the device size fits a 40 GiB GPU by the trainer's memory plan
+    memory_plan.check(dev, log=lambda _: None)
     assert _config("tiny,sft,stage3").pipeline == "sft,stage3"
     with pytest.raises(ValueError, match="pick one of"):
         _config("cpu,device")

@@ -62,3 +62,23 @@ def test_stop_string_detection_with_real_tokenizer(smol):
     for start in range(1, k + 1):  # chunk boundaries anywhere before the completing token
         assert st.find(ids, start) == k
     assert trigger_table(tok, ("</action>", "</global_plan>"), config.vocab_size)[ids[k]]
+
+
+def test_shared_prefix_matches_per_episode_prefill(smol):
+    """A shared system prompt pre-filled once gives the tokens (and log-probs) of per-episode prefill."""
+    _, tok, config, params = smol
+    system = {"role": "system", "content": "You are a household agent. Plan, then act with one command per turn. "
+                                           "Write <thought>...</thought><action>...</action>. " * 3}
+    prompts = [tok.apply_chat_template([system, {"role": "user", "content": f"Your task is to: {t}."}],
+                                       add_generation_prompt=True, tokenize=True)
+               for t in ("put a clean mug in the coffee machine", "look at a book under the lamp", "heat an apple")]
+    prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
+    out = {}
+    for share in (False, True):
+        eng = SamplerEngine(config, params, max_batch=4, max_len=256, seed=1, share_prefix=share)
+        hs = eng.start(prompts)
+        out[share] = eng.generate(hs, 12, temperature=0.6, top_p=0.9) + eng.generate(hs, 6)
+    assert eng.stats["prefix_tokens"] >= 3 * 60
+    for a, b in zip(out[False], out[True]):
+        assert a.tokens == b.tokens
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4

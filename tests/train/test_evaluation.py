@@ -38,3 +38,26 @@ def test_success_table_reports_pass_at_k_over_tasks():
     row = dict(model="sft", mode="adaplan", **t)
     assert "66.7% @4" in format_table([row])
     assert np.isclose(success_table(types.SimpleNamespace(episodes=eps[:4]), tasks[:1])["pass_at_k"], 1.0)
+
+
+def test_rollout_engine_keys_reach_the_sampler():
+    """rollout.share_prefix and rollout.fine_buckets take effect in the engines the trainer builds."""
+    import types
+
+    import jax
+
+    from pilotrl_jax.agent.tokenizer import build_word_tokenizer
+    from pilotrl_jax.models import llama
+    from pilotrl_jax.models.config import LlamaConfig
+    from pilotrl_jax.train.config import base_config
+    from pilotrl_jax.train.evaluation import make_engine
+
+    cfg = base_config()
+    tok = build_word_tokenizer(["go to the kitchen", "take apple 1"] * 5, vocab_size=320)
+    mc = LlamaConfig.tiny(vocab_size=len(tok))
+    params = llama.init_params(mc, jax.random.PRNGKey(0))
+    for share, fine in ((True, True), (False, False), (True, False)):
+        cfg.rollout.share_prefix, cfg.rollout.fine_buckets = share, fine
+        ctx = types.SimpleNamespace(cfg=cfg, model_cfg=mc, mesh=None, tokenizer=tok)
+        eng = make_engine(ctx, params, rows=2, seed=0)
+        assert (eng.share_prefix, eng.fine_buckets) == (share, fine)

@@ -26,6 +26,10 @@ for the whole stage), the peak against the chip's HBM, FLOPs (analytic, and
 `compiled.cost_analysis()`), tokens per call, and whether it fits under `--max-hbm-fraction`. The
 memory plan's estimate (`pilotrl_jax.train.memory_plan`) is printed beside the table.
 The model comes from `config.model.hf_config` (an HF config dict), else `config.model.path`.
+`--attention xla,splash` compiles the PPO step and the forwards once per attention implementation
+(`model.attention_impl`, resolved for the topology: `auto` is splash on TPU) and lists them side by side
+with the attention's share of the model FLOPs; the sampler (KV-cache prefill and decode) keeps its own
+attention. `--config.model.attention_impl=splash` (any `--config.KEY=VALUE`) overrides the config file.
 
 Needs `pip install 'libtpu==0.0.42.*'` (the version jax[tpu]==0.10.2 pins; 0.0.42.1 tested) so JAX can compile for TPU without one.
 Topologies: `v5p:2x2x4`-style names (as `jax.experimental.topologies` takes them) or slice names
@@ -92,6 +96,29 @@ def load_config(spec: str):
     if not hasattr(mod, "get_config"):
         raise AOTError(f"--config {path!r} has no get_config(); define `def get_config(arg=None) -> ConfigDict`")
     return mod.get_config(arg) if arg else mod.get_config()
+
+
+def apply_overrides(cfg, args: Sequence[str]) -> None:
+    """Apply `--config.a.b=value` arguments to `cfg` (value parsed as the existing key's type)."""
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not key.startswith("--config.") or not eq:
+            raise AOTError(f"unknown argument {arg!r}; overrides look like --config.model.attention_impl=splash")
+        *path, leaf = key[len("--config."):].split(".")
+        node = cfg
+        for k in path:
+            node = node[k] if k in node else None
+            if node is None:
+                raise AOTError(f"{key}: config has no section {k!r}")
+        if leaf not in node:
+            raise AOTError(f"{key}: config has no key {leaf!r} (known: {sorted(node.keys())})")
+        old = node[leaf]
+        if isinstance(old, bool):
+            node[leaf] = value.lower() in ("1", "true", "yes")
+        elif isinstance(old, (int, float)):
+            node[leaf] = type(old)(value)
+        else:
+            node[leaf] = value
 
 
 def _aot(cfg, key: str, default):
@@ -251,8 +278,10 @@ def kv_cache_bytes_per_chip(model_cfg, mesh, rows: int, window: int) -> int:
 
 
 def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequence[str] = ("ppo", "ref", "sampler"),
-        stage: Optional[str] = None, log=print) -> tuple[list, dict]:
-    """Compile the config's functions for `topology`; returns (rows, info) for `format_table`."""
+        stage: Optional[str] = None, log=print, attention: Sequence[str] = ()) -> tuple[list, dict]:
+    """Compile the config's functions for `topology` (the training-side ones once per `attention`
+    implementation, default the config's); returns (rows, info) for `format_table`."""
+    from pilotrl_jax.models.config import ATTENTION_IMPLS
     from pilotrl_jax.models import llama
     from pilotrl_jax.sampling import engine
     from pilotrl_jax.train import shapes
@@ -262,6 +291,10 @@ def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequ
     mesh = topology_mesh(cfg, devices)
     hbm = hbm_bytes(devices[0])
     mc = model_config(cfg)
+    bad_impl = [a for a in attention if a not in ATTENTION_IMPLS]
+    if bad_impl:
+        raise AOTError(f"--attention {bad_impl}: expected a subset of {ATTENTION_IMPLS}")
+    impls = list(attention) or [mc.attention_impl]
     st = stage_settings(cfg, stage)
     pc = ppo_config(cfg, stage)
     rows = rollouts_per_step(cfg, stage)
@@ -302,12 +335,15 @@ def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequ
                 sampler_rows=roll.rows, engine_bytes=engine_bytes, plan=plan_summary(plan))
     jobs = []
     for T in wanted:
-        if "ppo" in parts:
-            jobs.append(lambda T=T: _with_resident(compile_ppo_step(mc, pc, mesh, rows, T), ppo_resident))
-        if "ref" in parts:
-            jobs.append(lambda T=T: _with_resident(compile_logprobs(mc, pc, mesh, rows, T), fwd_resident))
-        if "critic" in parts or (pc.use_critic and "ref" in parts):
-            jobs.append(lambda T=T: _with_resident(compile_values(mc, pc, mesh, rows, T), fwd_resident))
+        for impl in impls:
+            m = mc.replace(attention_impl=impl)
+            tag = f" [{impl}]" if len(impls) > 1 else ""
+            if "ppo" in parts:
+                jobs.append(lambda T=T, m=m, tag=tag: _with_resident(compile_ppo_step(m, pc, mesh, rows, T), ppo_resident, tag))
+            if "ref" in parts:
+                jobs.append(lambda T=T, m=m, tag=tag: _with_resident(compile_logprobs(m, pc, mesh, rows, T), fwd_resident, tag))
+            if "critic" in parts or (pc.use_critic and "ref" in parts):
+                jobs.append(lambda T=T, m=m, tag=tag: _with_resident(compile_values(m, pc, mesh, rows, T), fwd_resident, tag))
     if "sampler" in parts:
         for sh_ in shapes_:
             label = "" if sh_.role == "rollout" else "eval "
@@ -333,8 +369,9 @@ def _param_count(n: int) -> str:
     return f"{n / 1e9:.2f}B params" if n >= 1e9 else f"{n / 1e6:.2f}M params"
 
 
-def _with_resident(row: Row, resident: int) -> Row:
+def _with_resident(row: Row, resident: int, tag: str = "") -> Row:
     row.resident = resident
+    row.name += tag
     return row
 
 
@@ -361,18 +398,20 @@ def format_table(rows: Sequence[Row], info: dict, fraction: float = 0.9) -> str:
                  f"(mesh {info['sampler_mesh']}, {info['sampler_rows']} rows)")
     peak = PEAK_FLOPS.get(info["kind"], 0.0)
     cols = ["function", "shape", "args", "outputs", "donated", "temps", "+resident", "peak/chip", "% HBM",
-            f"fits (<{fraction:.0%})", "tokens/call", "model TFLOP/chip", "ideal s", "HLO TFLOP/chip", "compile s"]
+            f"fits (<{fraction:.0%})", "tokens/call", "model TFLOP/chip", "ideal s", "HLO TFLOP/chip", "compile s",
+            "attention", "attn % FLOPs"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         per_chip = r.model_flops / (r.chips or info["chips"])
         ideal = f"{per_chip / peak:.2f}" if peak else "-"
         common = [f"{r.tokens:,}", f"{per_chip / 1e12:.1f}", ideal]
+        attn = [r.attention or "-", f"{100 * r.attn_flops / r.model_flops:.0f}%" if r.model_flops else "-"]
         if r.error:
-            vals = [r.name, r.shape] + ["-"] * 7 + ["ERROR: " + r.error] + common + ["-", f"{r.compile_s:.0f}"]
+            vals = [r.name, r.shape] + ["-"] * 7 + ["ERROR: " + r.error] + common + ["-", f"{r.compile_s:.0f}"] + attn
         else:
             vals = [r.name, r.shape, _size(r.args), _size(r.outputs), _size(r.alias), _size(r.temps),
                     _size(r.resident), _size(r.peak), f"{100 * r.peak / r.hbm:.0f}%",
-                    "yes" if r.fits(fraction) else "NO"] + common + [f"{r.flops / 1e12:.2f}", f"{r.compile_s:.0f}"]
+                    "yes" if r.fits(fraction) else "NO"] + common + [f"{r.flops / 1e12:.2f}", f"{r.compile_s:.0f}"] + attn
         lines.append("| " + " | ".join(vals) + " |")
     lines.append("")
     lines.append("peak = args + out - alias (donated) + temps + resident (what the trainer keeps in HBM beside "
@@ -382,7 +421,10 @@ def format_table(rows: Sequence[Row], info: dict, fraction: float = 0.9) -> str:
                  "when it has no copy of its own) and, with eval.every > 0, the other engine's cache); "
                  "model FLOPs = tokens x (2 N_matmul + 4 L T H Dh), x3 "
                  "for training, no remat recompute; ideal s = model FLOPs per chip / peak bf16 FLOP/s; HLO FLOPs "
-                 "(cost_analysis) count each loop body once (scans over epochs, mini/micro-batches and layers).")
+                 "(cost_analysis) count each loop body once (scans over epochs, mini/micro-batches and layers) and "
+                 "nothing inside a Pallas kernel (splash); attention = model.attention_impl as compiled (the "
+                 "sampler's KV-cache attention is always xla); attn % FLOPs = 4 L T H Dh of the model FLOPs "
+                 "(dense; the causal kernels skip about half of it).")
     if info.get("plan"):
         lines += ["", info["plan"]]
     return "\n".join(lines)
@@ -397,10 +439,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--stage", default=None, help="RL stage of the pipeline (default: the first)")
     p.add_argument("--parts", default="ppo,ref,sampler", help="comma-separated subset of ppo,ref,critic,sampler")
     p.add_argument("--max-hbm-fraction", type=float, default=None, help="fit threshold (default config.aot or 0.9)")
-    args = p.parse_args(argv)
+    p.add_argument("--attention", default="", help="comma-separated attention implementations to compile the "
+                   "training side with, side by side (e.g. xla,splash; default: config.model.attention_impl)")
+    args, rest = p.parse_known_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     try:
         cfg = load_config(args.config)
+        apply_overrides(cfg, rest)
         topo = args.topology or (cfg.get("tpu") or {}).get("topology")
         if not topo:
             raise AOTError("no --topology and no config.tpu.topology; pass e.g. --topology v5p:2x2x4")
@@ -411,7 +456,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         buckets = [int(b) for b in args.buckets.split(",") if b]
         frac = args.max_hbm_fraction or float(_aot(cfg, "max_hbm_fraction", 0.9))
         print(f"AOT-compiling {args.config} for {topology_name(topo)} ...", flush=True)
-        rows, info = run(cfg, topo, buckets, parts, args.stage, log=lambda s: print(s, flush=True))
+        attention = [a for a in args.attention.split(",") if a]
+        rows, info = run(cfg, topo, buckets, parts, args.stage, log=lambda s: print(s, flush=True), attention=attention)
         info["name"] = f"{args.config} ({info['name']})"
     except AOTError as e:
         print(f"error: {e}", file=sys.stderr)

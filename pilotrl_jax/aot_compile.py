@@ -2,6 +2,7 @@
 weightless) inputs, and the trainer's functions compiled for a topology with their memory and FLOPs."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -211,6 +212,8 @@ class Row:
     hbm: int = 0
     error: str = ""
     chips: int = 0  # chips the call runs on (0 = the whole slice; a host-local sampler uses one host's)
+    attention: str = ""  # the attention kernel it was compiled with (model.attention_impl, resolved)
+    attn_flops: float = 0.0  # the attention's part of model_flops (analytic, dense convention)
 
     @property
     def peak(self) -> int:
@@ -251,6 +254,30 @@ def model_flops_per_token(mc, context: int, train: bool) -> float:
     return fwd * (3 if train else 1)
 
 
+def attention_flops_per_token(mc, context: int, train: bool) -> float:
+    """The attention's part of `model_flops_per_token`: 4*L*context*H*Dh (QK^T and PV, dense), x3 for training."""
+    return 4 * mc.num_layers * context * mc.num_heads * mc.head_dim * (3 if train else 1)
+
+
+@contextlib.contextmanager
+def attention_context(model_cfg, mesh):
+    """Trace for the mesh's platform (`models.attention.compile_for`); with a kernel (splash), also under
+    `jax.set_mesh(mesh)` so it runs in shard_map over rows and heads. Yields the resolved implementation."""
+    import jax
+    from pilotrl_jax.models import attention
+
+    platform = mesh.devices.flat[0].platform
+    try:
+        impl = attention.resolve(model_cfg.attention_impl, platform)
+    except attention.AttentionUnavailable as e:
+        raise AOTError(str(e)) from None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(attention.compile_for(platform))
+        if impl != "xla":
+            stack.enter_context(jax.set_mesh(mesh))
+        yield impl
+
+
 def compile_ppo_step(model_cfg, pc, mesh, rows: int, T: int) -> Row:
     """Compile the PPO step for a [rows, T] batch and return its Row."""
     from pilotrl_jax.rl import ppo
@@ -260,6 +287,7 @@ def compile_ppo_step(model_cfg, pc, mesh, rows: int, T: int) -> Row:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     row = Row(f"ppo_step T={T}", f"{pc.num_mini_batches}x{pc.num_micro_batches}x{mb} rows", rows * T * pc.epochs)
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=True)
+    row.attn_flops = row.tokens * attention_flops_per_token(model_cfg, T, train=True)
     if mb % shards:
         row.error = (f"micro-batch of {mb} rows is not a multiple of data*fsdp={shards}; lower "
                      "rl.num_micro_batches or change config.mesh")
@@ -267,7 +295,9 @@ def compile_ppo_step(model_cfg, pc, mesh, rows: int, T: int) -> Row:
     step = ppo.make_ppo_step(model_cfg, pc, mesh, donate=True)
     state = abstract_train_state(model_cfg, pc, mesh)
     batch = abstract_ppo_batch(pc, mesh, rows, T)
-    return _analyse(row, step.jitted.lower(state, batch))
+    with attention_context(model_cfg, mesh) as row.attention:
+        lowered = step.jitted.lower(state, batch)
+    return _analyse(row, lowered)
 
 
 def compile_logprobs(model_cfg, pc, mesh, rows: int, T: int) -> Row:
@@ -281,7 +311,10 @@ def compile_logprobs(model_cfg, pc, mesh, rows: int, T: int) -> Row:
     batch = {"input_ids": abstract_array((rows, T), jnp.int32, s), "attention_mask": abstract_array((rows, T), jnp.int32, s)}
     row = Row(f"logprobs T={T}", f"{chunks} chunks x{rows // chunks} rows", rows * T)
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=False)
-    return _analyse(row, fn.lower(abstract_params(model_cfg, mesh), batch))
+    row.attn_flops = row.tokens * attention_flops_per_token(model_cfg, T, train=False)
+    with attention_context(model_cfg, mesh) as row.attention:
+        lowered = fn.lower(abstract_params(model_cfg, mesh), batch)
+    return _analyse(row, lowered)
 
 
 def compile_values(model_cfg, pc, mesh, rows: int, T: int) -> Row:
@@ -301,7 +334,10 @@ def compile_values(model_cfg, pc, mesh, rows: int, T: int) -> Row:
     batch = {"input_ids": abstract_array((rows, T), jnp.int32, s), "attention_mask": abstract_array((rows, T), jnp.int32, s)}
     row = Row(f"critic_values T={T}", f"{chunks} chunks x{rows // chunks} rows", rows * T)
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, T, train=False)
-    return _analyse(row, fn.lower(cparams, batch))
+    row.attn_flops = row.tokens * attention_flops_per_token(model_cfg, T, train=False)
+    with attention_context(model_cfg, mesh) as row.attention:
+        lowered = fn.lower(cparams, batch)
+    return _analyse(row, lowered)
 
 
 def _sampler_inputs(model_cfg, mesh, B: int, W: int, params_dtype=None):
@@ -329,8 +365,9 @@ def compile_prefill(model_cfg, mesh, B: int, W: int, chunk: int, params_dtype=No
     C = bucket_length(int(chunk), "pow2", engine.MIN_PREFILL)
     s = _row_sharding(mesh, B, 2)
     ids, pos = abstract_array((B, C), jnp.int32, s), abstract_array((B, C), jnp.int32, s)
-    row = Row(f"{label}prefill C={C}", f"B={B} W={W}", B * C, chips=int(mesh.devices.size))
+    row = Row(f"{label}prefill C={C}", f"B={B} W={W}", B * C, chips=int(mesh.devices.size), attention="xla")
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
+    row.attn_flops = row.tokens * attention_flops_per_token(model_cfg, W, train=False)
     return _analyse(row, engine._prefill.lower(dcfg, params, cache, ids, pos, mesh=mesh))
 
 
@@ -352,8 +389,10 @@ def compile_decode(model_cfg, mesh, B: int, W: int, chunk: int, temperature: flo
     scalar = abstract_array((), jnp.int32, rep)
     mode = filters.mode_for(float(temperature), int(top_k), float(top_p))
     chunk = int(chunk)
-    row = Row(f"{label}decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk, chips=int(mesh.devices.size))
+    row = Row(f"{label}decode x{chunk} ({mode})", f"B={B} W={W}", B * chunk, chips=int(mesh.devices.size),
+              attention="xla")
     row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
+    row.attn_flops = row.tokens * attention_flops_per_token(model_cfg, W, train=False)
     return _analyse(row, engine._decode.lower(dcfg, params, cache, state, table, table, sampling, scalar, scalar,
                                               mode=mode, chunk=chunk, mesh=mesh))
 

@@ -12,7 +12,8 @@ SUPPORTED_MODEL_TYPES = ("llama",)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # LlamaConfig fields that are ours, not HF's (kept in our checkpoints, set from the run config).
-OUR_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_query_chunk")
+ATTENTION_IMPLS = ("xla", "splash", "cudnn", "auto")  # see pilotrl_jax.models.attention
+OUR_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_query_chunk", "attention_impl")
 
 # HF keys that carry no information for inference/training math here.
 _IGNORED_HF_KEYS = {
@@ -66,6 +67,9 @@ class LlamaConfig:
     # reads only the keys up to its last query, so a T-token row does about half the work of the
     # full T x T score matrix and never holds it whole. 0 = one block (the full matrix).
     attention_query_chunk: int = 128
+    # Attention without a KV cache: xla (the blocked einsum above) | splash (Pallas TPU kernel) |
+    # cudnn (cuDNN flash attention) | auto (tpu -> splash, gpu -> cudnn, else xla).
+    attention_impl: str = "xla"
 
     def __post_init__(self):
         if self.hidden_size <= 0 or self.num_layers <= 0 or self.vocab_size <= 0:
@@ -84,6 +88,9 @@ class LlamaConfig:
         if not isinstance(self.attention_query_chunk, int) or self.attention_query_chunk < 0:
             raise ConfigError(f"attention_query_chunk={self.attention_query_chunk!r}; expected an int >= 0 "
                               "(queries per causal attention block, e.g. 64; 0 = the full score matrix)")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS} "
+                              "(xla: blocked einsum; splash: Pallas TPU kernel; cudnn: cuDNN flash; auto: by backend)")
         if self.rope_scaling is not None and self.rope_scaling[0] not in ("llama3", "linear"):
             raise ConfigError(f"rope_scaling={self.rope_scaling!r}; expected a ('llama3', ...) or ('linear', f) tuple")
 
@@ -238,4 +245,7 @@ def run_config_overrides(model_section) -> dict:
     chunk = model_section.get("attention_query_chunk")  # absent in configs written before it existed
     if chunk is not None:
         out["attention_query_chunk"] = int(chunk)
+    impl = model_section.get("attention_impl")
+    if impl is not None:
+        out["attention_impl"] = str(impl)
     return out

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pilotrl_jax.models import attention as attn_kernels
 from pilotrl_jax.models.config import LlamaConfig
 
 Params = Any
@@ -122,7 +123,9 @@ class Attention(nn.Module):
             new_cache = (ck, cv)
         q = q.reshape(B, T, K, H // K, Dh)
         chunk = c.attention_query_chunk
-        if cache is None and 0 < chunk < T:
+        if cache is None and mask.ndim == 2:  # a kernel (config.attention_impl): mask = the real keys [B, T]
+            out = attn_kernels.attend(attn_kernels.resolve(c.attention_impl), q, k, v, mask, dt)
+        elif cache is None and 0 < chunk < T:
             # Causal self-attention (the no-cache mask never lets a query see a later slot): the
             # queries of block [a, b) read only keys [0, b).
             ends = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
@@ -194,7 +197,8 @@ class Llama(nn.Module):
     """The LLaMA decoder: embedding, layers (looped or scanned), final norm, LM head.
 
     `mask` [B, T, S]: without a cache it must be causal (`causal_mask`): attention is then computed
-    in blocks of `config.attention_query_chunk` queries that read only the keys up to their last slot."""
+    in blocks of `config.attention_query_chunk` queries that read only the keys up to their last slot,
+    or by the kernel `config.attention_impl` names (`models.attention`: splash, cudnn)."""
 
     config: LlamaConfig
 
@@ -210,6 +214,8 @@ class Llama(nn.Module):
         if c.remat_policy != "none":
             block = nn.remat(Block, policy=_REMAT[c.remat_policy], prevent_cse=not c.scan_layers)
         layer_cache = None if cache is None else (cache["k"], cache["v"])
+        if cache is None and not self.is_initializing() and attn_kernels.resolve(c.attention_impl) != "xla":
+            mask = mask[:, -1, :]  # causal: the last query's row marks the real keys, all a kernel takes
         if c.scan_layers:
             scanned = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},

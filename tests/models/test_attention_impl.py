@@ -1,0 +1,138 @@
+"""model.attention_impl: splash (Pallas interpret mode on CPU) and the cuDNN path's row packing give the
+xla path's logits and gradients; a backend without a kernel is refused by name."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pilotrl_jax import sharding as sh
+from pilotrl_jax.models import attention, llama
+from pilotrl_jax.models.config import ATTENTION_IMPLS, ConfigError, LlamaConfig, run_config_overrides
+
+CFG = LlamaConfig.tiny(vocab_size=64, hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2,
+                       head_dim=16, attention_query_chunk=16)
+
+
+def _batch(T=40, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, CFG.vocab_size, size=(3, T))
+    mask = np.ones_like(ids)
+    mask[1, :13] = 0  # left padding
+    mask[2, T - 9:] = 0  # right padding
+    return np.where(mask == 1, ids, 0), mask
+
+
+def _loss(cfg, params, ids, mask):
+    lp = jax.nn.log_softmax(llama.forward(cfg, params, ids, attention_mask=mask), -1)
+    w = (mask[:, :-1] * mask[:, 1:]).astype(np.float32)  # real positions only
+    return (jnp.take_along_axis(lp[:, :-1], ids[:, 1:, None], -1)[..., 0] * w).sum() + (lp[:, :-1].max(-1) * w).sum()
+
+
+def _check_parity(cfg, params, ids, mask, atol=1e-5):
+    real = mask.astype(bool)
+    xla_cfg = cfg.replace(attention_impl="xla")
+    a = np.asarray(llama.forward(xla_cfg, params, ids, attention_mask=mask))
+    b = np.asarray(llama.forward(cfg, params, ids, attention_mask=mask))
+    assert np.isfinite(b).all()
+    np.testing.assert_allclose(b[real], a[real], atol=atol, rtol=0)
+    ga = jax.grad(lambda p: _loss(xla_cfg, p, ids, mask))(params)
+    gb = jax.grad(lambda p: _loss(cfg, p, ids, mask))(params)
+    worst = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)))
+    assert worst <= atol, worst
+    return float(np.abs(b[real] - a[real]).max()), worst
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_splash_interpret_matches_xla(scan):
+    """fp32 logits and gradients within 1e-5, GQA 4/2 heads, left and right padding, T not a multiple of 128."""
+    cfg = CFG.replace(attention_impl="splash", scan_layers=scan, remat_policy="full" if scan else "none")
+    params = llama.init_params(cfg, jax.random.PRNGKey(1))
+    ids, mask = _batch()
+    with attention.interpret_splash():
+        _check_parity(cfg, params, ids, mask)
+        h_xla = llama.forward_hidden(cfg.replace(attention_impl="xla"), params, ids, mask)
+        h = llama.forward_hidden(cfg, params, ids, mask)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(h)[real], np.asarray(h_xla)[real], atol=1e-5, rtol=0)
+
+
+def test_splash_interpret_on_a_mesh_matches_xla():
+    """Under jax.set_mesh the kernel runs in shard_map (rows over fsdp, heads over tensor): same numbers."""
+    mesh = sh.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    cfg = CFG.replace(attention_impl="splash")
+    params = llama.init_params(cfg, jax.random.PRNGKey(2))
+    ids, mask = _batch(T=24, seed=1)
+    ids, mask = np.concatenate([ids, ids[:1]]), np.concatenate([mask, mask[:1]])  # 4 rows: 2 per fsdp shard
+    fwd = jax.jit(lambda p, x, m: llama.forward(cfg, p, x, attention_mask=m))
+    with attention.interpret_splash(), jax.set_mesh(mesh):
+        got = np.asarray(fwd(params, ids, mask))
+        assert "shard_map" in str(jax.make_jaxpr(lambda p: llama.forward(cfg, p, ids, attention_mask=mask))(params))
+    want = np.asarray(llama.forward(cfg.replace(attention_impl="xla"), params, ids, attention_mask=mask))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pattern", ["left", "right", "holes"])
+def test_cudnn_row_packing_matches_xla(pattern):
+    """The cuDNN path (real tokens moved to the front, per-row lengths), run through jax.nn's XLA attention."""
+    rng = np.random.default_rng(3)
+    B, T, K, G, Dh = 3, 20, 2, 2, 8
+    q = jnp.asarray(rng.normal(size=(B, T, K, G, Dh)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(B, T, K, Dh)), jnp.float32) for _ in range(2))
+    valid = np.ones((B, T), bool)
+    if pattern == "left":
+        valid[1, :7] = False
+    elif pattern == "right":
+        valid[2, 12:] = False
+    else:
+        valid[0, [2, 5, 6, 15]] = False
+    want = llama._attend(q, k, v, np.asarray(llama.causal_mask(valid)), jnp.float32)
+    got = attention.cudnn(q, k, v, jnp.asarray(valid), jnp.float32, implementation="xla")
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=1e-5, rtol=0)
+    g = jax.grad(lambda q, k, v: (attention.cudnn(q, k, v, valid, jnp.float32, "xla") * valid[..., None, None, None]).sum(),
+                 argnums=(0, 1, 2))(q, k, v)
+    gw = jax.grad(lambda q, k, v: (llama._attend(q, k, v, llama.causal_mask(valid), jnp.float32)
+                                   * valid[..., None, None, None]).sum(), argnums=(0, 1, 2))(q, k, v)
+    for x, y in zip(g, gw):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
+
+
+def test_default_and_auto_on_cpu_are_the_xla_path_bit_for_bit():
+    params = llama.init_params(CFG, jax.random.PRNGKey(0))
+    ids, mask = _batch()
+    assert CFG.attention_impl == "xla"
+    a = np.asarray(llama.forward(CFG, params, ids, attention_mask=mask))
+    b = np.asarray(llama.forward(CFG.replace(attention_impl="auto"), params, ids, attention_mask=mask))
+    assert np.array_equal(a, b)
+
+
+def test_backend_without_a_kernel_is_refused_by_name():
+    assert attention.resolve("auto", "tpu") == "splash" and attention.resolve("auto", "gpu") == "cudnn"
+    assert attention.resolve("auto", "cpu") == "xla" and attention.resolve("xla", "tpu") == "xla"
+    with pytest.raises(attention.AttentionUnavailable, match=r"'cudnn' has no kernel on backend 'cpu', which has \('xla',\)"):
+        attention.resolve("cudnn", "cpu")
+    with pytest.raises(attention.AttentionUnavailable, match=r"'splash' has no kernel on backend 'gpu', which has \('xla', 'cudnn'\)"):
+        attention.resolve("splash", "gpu")
+    with pytest.raises(attention.AttentionUnavailable, match="interpret"):
+        attention.resolve("splash", "cpu")
+    params = llama.init_params(CFG.replace(attention_impl="cudnn"))  # params do not depend on the kernel
+    ids, mask = _batch()
+    for impl in ("cudnn", "splash"):
+        with pytest.raises(attention.AttentionUnavailable, match=impl):
+            llama.forward(CFG.replace(attention_impl=impl), params, ids, attention_mask=mask)
+    with attention.compile_for("tpu"):
+        assert attention.resolve("auto") == "splash" and attention.resolve("splash") == "splash"
+
+
+def test_config_field_and_run_config_key():
+    from pilotrl_jax.train import config as C
+
+    with pytest.raises(ConfigError, match="attention_impl='flash'"):
+        CFG.replace(attention_impl="flash")
+    c = C.base_config()
+    assert c.model.attention_impl == "xla" and set(ATTENTION_IMPLS) == set(attention.IMPLEMENTATIONS)
+    C.check_keys(c)
+    c.model.attention_impl = "splash"
+    assert run_config_overrides(c.model)["attention_impl"] == "splash"
+    assert "attention_impl" in CFG.ours()

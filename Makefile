@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 test: venv
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 demo: venv
 	JAX_PLATFORMS=cpu $(PY) -m pilotrl_jax.demo

@@ -138,6 +138,7 @@ def _tiny(c):
     c.agent.token_budget = 512
     c.sft.batch_size = 2
     c.stages.sft.steps = 1
+    c.rollout.fine_buckets = False  # fewer sampler shapes: a run of one step a stage is mostly compiles
     c.rollout.tasks_per_step = 1
     c.rollout.group_size = 2
     c.rl.num_mini_batches = 1

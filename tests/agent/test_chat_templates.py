@@ -86,9 +86,9 @@ def test_an_in_memory_tokenizer_is_named_by_its_class(tok):
 def test_the_real_smollm2_template_keeps_working_and_a_broken_one_names_its_directory():
     from transformers import AutoTokenizer
 
-    if not os.path.isdir(SMOLLM2_DIR):
-        pytest.skip(f"{SMOLLM2_DIR} is missing (made by pilotrl_jax.models.smollm2.ensure_smollm2_hf)")
-    t = AutoTokenizer.from_pretrained(SMOLLM2_DIR)
+    from pilotrl_jax.models.smollm2 import ensure_smollm2_hf
+
+    t = AutoTokenizer.from_pretrained(ensure_smollm2_hf())  # converted once (SMOLLM2_DIR)
     chat = ChatTokenizer(t)
     assert chat.prompt_text("S", "T") == (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nT<|im_end|>\n<|im_start|>assistant\n")

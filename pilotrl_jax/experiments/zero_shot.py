@@ -107,13 +107,13 @@ def zero_shot(cfg, workdir: str, num_tasks: Optional[int] = None, modes: Optiona
 def format_rows(rows: Sequence[dict]) -> str:
     """A table of (mode, exemplar) rows: success overall and per task type, format-error rate, then one
     line per row: successes, episodes, turns, format errors, wall time."""
-    types = sorted({k for r in rows for k in r.get("per_type", {})})
-    head = (f"{'model':<24} {'mode':<8} {'exemplar':<8} {'success':>8} {'fmt err':>8} {'episodes':>8} "
-            + " ".join(f"{t[:14]:>14}" for t in types))
+    from pilotrl_jax.train.evaluation import per_type_columns
+
+    type_head, type_cells = per_type_columns(rows)
+    head = f"{'model':<24} {'mode':<8} {'exemplar':<8} {'success':>8} {'fmt err':>8} {'episodes':>8} " + type_head
     lines = [head, "-" * len(head)]
     for r in rows:
-        per = r.get("per_type", {})
-        cells = " ".join(f"{per[t]['success_rate'] * 100:>13.1f}%" if t in per else f"{'-':>14}" for t in types)
+        cells = type_cells(r)
         lines.append(f"{r['model'][:24]:<24} {r['mode']:<8} {r.get('exemplar', 'none'):<8} "
                      f"{r['success_rate'] * 100:>7.1f}% {r['format_error_rate'] * 100:>7.1f}% {r['episodes']:>8} {cells}")
     for r in rows:

@@ -161,15 +161,24 @@ def _evaluate_hosts(ctx, params, tasks, mode, replan, temperature, top_p, seed, 
     return success_table(gathered, tasks), gathered
 
 
+def per_type_columns(rows: Sequence[dict]):
+    """(header text, row -> cells text) of the per-task-type success columns of a table of `rows`."""
+    types = sorted({k for r in rows for k in r.get("per_type", {})})
+
+    def cells(r: dict) -> str:
+        per = r.get("per_type", {})
+        return " ".join(f"{per[t]['success_rate'] * 100:>13.1f}%" if t in per else f"{'-':>14}" for t in types)
+
+    return " ".join(f"{t[:14]:>14}" for t in types), cells
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """A plain-text table of evaluation rows (keys: model, mode, success_rate, episodes, per_type)."""
-    types = sorted({k for r in rows for k in r.get("per_type", {})})
-    head = (f"{'model':<14} {'mode':<8} {'success':>8} {'episodes':>8} {'pass@k':>10} "
-            + " ".join(f"{t[:14]:>14}" for t in types))
+    type_head, type_cells = per_type_columns(rows)
+    head = f"{'model':<14} {'mode':<8} {'success':>8} {'episodes':>8} {'pass@k':>10} " + type_head
     lines = [head, "-" * len(head)]
     for r in rows:
-        per = r.get("per_type", {})
-        cells = " ".join(f"{per[t]['success_rate'] * 100:>13.1f}%" if t in per else f"{'-':>14}" for t in types)
+        cells = type_cells(r)
         pk = (f"{r['pass_at_k'] * 100:.1f}% @{r['samples_per_task']}" if r.get("samples_per_task") else "-").rjust(10)
         lines.append(f"{r['model']:<14} {r['mode']:<8} {r['success_rate'] * 100:>7.1f}% {r['episodes']:>8} {pk} {cells}")
     return "\n".join(lines)

@@ -277,6 +277,33 @@ def kv_cache_bytes_per_chip(model_cfg, mesh, rows: int, window: int) -> int:
     return tree_bytes_per_chip(cache)
 
 
+def paged_rows_per_host(cfg, topology: str, lengths: Sequence[int], page_size: int = 16, lookahead: int = 64,
+                        stage: Optional[str] = None) -> dict:
+    """Rows per host a paged sampler (`rollout.kv_cache='paged'`) holds in the HBM the report gives the dense
+    rollout cache (`kv_cache_bytes_per_chip` at the rollout's rows and window), when episodes reach
+    `lengths` tokens (a sample of the length mix; each row holds its tokens plus `lookahead` slots (a
+    decode chunk allocated ahead), in pages of `page_size`; one trash page). Counts at every row's final
+    length (live rows are shorter on average: an upper bound on the memory)."""
+    from pilotrl_jax.sampling.paged import pages_for
+
+    devices = topology_devices(topology)
+    mc = model_config(cfg)
+    hosts = num_hosts(devices)
+    smesh = sampler_mesh(cfg, devices, topology)
+    roll = sampler_shapes(cfg, stage, hosts, smesh.shape["data"] * smesh.shape["fsdp"])[0]
+    dense = kv_cache_bytes_per_chip(mc, smesh, roll.rows, roll.window)
+    per_token = dense / (roll.rows * roll.window)  # bytes per chip of one token slot (kv heads over the chips)
+    pages = int(dense // (per_token * page_size)) - 1
+    budget = int(cfg.agent.token_budget)
+    held = [pages_for(min(int(n) + lookahead, budget), page_size) for n in lengths]
+    mean_pages = sum(held) / len(held)
+    rows = int(pages // mean_pages)
+    return dict(topology=topology_name(topology), dense_rows=roll.rows, window=roll.window, kv_bytes_per_chip=dense,
+                token_bytes_per_chip=per_token, pages=pages, page_size=page_size, mean_length=sum(lengths) / len(lengths),
+                mean_pages=mean_pages, rows=rows, ratio=rows / roll.rows, hosts=hosts,
+                sampler_mesh=dict(smesh.shape))
+
+
 def run(cfg, topology: str, buckets: Optional[Sequence[int]] = None, parts: Sequence[str] = ("ppo", "ref", "sampler"),
         stage: Optional[str] = None, log=print, attention: Sequence[str] = ()) -> tuple[list, dict]:
     """Compile the config's functions for `topology` (the training-side ones once per `attention`

@@ -401,3 +401,41 @@ def _row_sharding(mesh, rows: int, ndim: int = 1):
     from pilotrl_jax import sharding as sh
 
     return sh.batch_sharding(mesh, ndim, rows)
+
+
+def compile_paged_decode(model_cfg, mesh, B: int, W: int, num_pages: int, page_size: int, chunk: int,
+                         impl: str = "ragged", temperature: float = 1.0, params_dtype=None) -> Row:
+    """Compile the paged sampler's decode loop (`sampling.paged._paged_decode`, `chunk` steps) over B rows at
+    window W with a pool of `num_pages` pages (+ the trash page) per layer, kv heads over the mesh's tensor
+    axis (rows unsharded: the paged engine needs data x fsdp = 1)."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from pilotrl_jax.models import llama
+    from pilotrl_jax.sampling import engine, filters, paged, paged_cache
+
+    if mesh.shape["data"] * mesh.shape["fsdp"] != 1:
+        raise AOTError(f"the paged sampler needs a sampler mesh with data = fsdp = 1; got {dict(mesh.shape)}")
+    dcfg = engine.decode_config(model_cfg)
+    dt = llama.dtype_of(model_cfg.dtype)
+    pool_sharding = NamedSharding(mesh, paged_cache.pool_spec(dcfg, mesh))
+    pools = paged_cache.pool_structure(dcfg, num_pages, page_size, dt,
+                                       lambda shape, d: abstract_array(shape, d, pool_sharding))
+    rep = NamedSharding(mesh, P())
+    nb = paged.pages_for(W, page_size) + paged.pages_for(256, page_size) + 1
+    bt = abstract_array((B, nb), jnp.int32, rep)
+    state = {k: abstract_array((B,), jnp.bool_ if k == "done" else jnp.int32, rep)
+             for k in ("tok", "pos", "done", "reason", "n_new", "limit")}
+    state["keys"] = abstract_array((B, 2), jnp.uint32, rep)
+    table = abstract_array((model_cfg.vocab_size,), jnp.bool_, rep)
+    sampling = (abstract_array((), jnp.float32, rep), abstract_array((), jnp.int32, rep),
+                abstract_array((), jnp.float32, rep))
+    scalar = abstract_array((), jnp.int32, rep)
+    mode = filters.mode_for(float(temperature), 0, 1.0)
+    row = Row(f"paged decode x{chunk} ({impl})", f"B={B} W={W} pages={num_pages}x{page_size}", B * chunk,
+              chips=int(mesh.devices.size), attention=impl)
+    row.model_flops = row.tokens * model_flops_per_token(model_cfg, W, train=False)
+    lowered = paged._paged_decode.lower(dcfg, abstract_params(dcfg, mesh, params_dtype), pools, bt, state, table,
+                                        table, sampling, scalar, scalar, mode=mode, chunk=int(chunk), window=W,
+                                        impl=impl, mesh=mesh)
+    return _analyse(row, lowered)

@@ -111,8 +111,21 @@ def _prefill(config, params, cache, ids, pos, *, mesh):
 def _decode(config, params, cache, state, stop_table, trigger, sampling, n_steps, max_len, *, mode, chunk, mesh):
     """Up to `n_steps` (<= chunk) decode steps: feed each row's pending token, sample the next one."""
     count_trace("decode")
-    B = state["tok"].shape[0]
     W = jax.tree.leaves(cache)[0].shape[-3]
+
+    def forward(cache, ids, pos):
+        logits, cache = llama.forward_with_cache(config, params, ids, pos, cache)
+        return logits, constrain(cache, mesh)
+
+    return decode_steps(forward, cache, state, stop_table, trigger, sampling, n_steps, max_len, W, mode=mode,
+                        chunk=chunk)
+
+
+def decode_steps(forward, cache, state, stop_table, trigger, sampling, n_steps, max_len, W, *, mode, chunk):
+    """The decode loop (traced inside a jitted step): `forward(cache, ids [B, 1], pos [B, 1])` -> (logits,
+    cache) runs the model; done rows feed position W (written nowhere). Returns (cache, state, tokens
+    [B, chunk] (-1: none), log-probs [B, chunk]). Shared by the dense and the paged engine."""
+    B = state["tok"].shape[0]
     temperature, top_k, top_p = sampling
 
     def cond(c):
@@ -123,8 +136,7 @@ def _decode(config, params, cache, state, stop_table, trigger, sampling, n_steps
         i, cache, st, out_tok, out_lp, hit = c
         active = ~st["done"]
         feed_pos = jnp.where(active, st["pos"], W)  # done rows write nothing (out of the window)
-        logits, cache = llama.forward_with_cache(config, params, st["tok"][:, None], feed_pos[:, None], cache)
-        cache = constrain(cache, mesh)
+        logits, cache = forward(cache, st["tok"][:, None], feed_pos[:, None])
         new_pos = st["pos"] + 1
         keys = jax.vmap(jax.random.fold_in)(st["keys"], new_pos)
         tok, lp = filters.sample_tokens(logits[:, 0], keys, temperature, top_k, top_p, mode)
@@ -305,33 +317,16 @@ class SamplerEngine:
         The new tokens are added to the episodes. Stop ids/strings default to the engine's.
         """
         handles = list(handles)
-        if len(set(handles)) != len(handles):
-            raise ValueError(f"generate got duplicate handles {handles}; pass each episode once")
-        eps = [self._ep(h) for h in handles]
-        if not eps:
+        if not handles:
             return []
-        filters.check_settings(temperature, top_k, top_p)
-        limits = ([int(max_new_tokens)] * len(eps) if isinstance(max_new_tokens, (int, np.integer))
-                  else [int(m) for m in max_new_tokens])
-        if len(limits) != len(eps) or min(limits) < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens}; expected an int >= 1 or one per handle")
-        stop_ids = self.stop_token_ids if stop_token_ids is None else self._check_stop_ids(stop_token_ids)
-        strings = self.stop_strings if stop_strings is None else check_stop_strings(stop_strings, self.tokenizer)
-        V = self.config.vocab_size
-        stop_table = np.zeros(V, bool)
-        stop_table[list(stop_ids)] = True
-        checker = StopStrings(self.tokenizer, strings) if strings else None
-        trigger = (trigger_table(self.tokenizer, strings, V) if strings else np.zeros(V, bool))
-        mode = filters.mode_for(temperature, top_k, top_p)
+        eps, limits, stop_table, trigger, checker, mode = self._prepare_call(
+            handles, max_new_tokens, temperature, top_p, top_k, stop_token_ids, stop_strings)
 
         # Sub-batch layout: slot s of the B-row sub-batch holds cache row rows[s] (>= max_batch: padding).
         n = len(eps)
         B = bucket_length(n, "pow2", self.min_batch)
         need = max(len(ep.tokens) + lim for ep, lim in zip(eps, limits))
-        # windows: powers of two up to 256, then 2 per octave (each size is one more decode compile)
-        fine = self.fine_buckets and need > 4 * MIN_WINDOW
-        W = fine_bucket(need, MIN_WINDOW, self.max_len, 2) if fine else bucket_length(
-            need, "pow2", MIN_WINDOW, self.max_len)
+        W = self._window(need)
         whole = B == self.max_batch and W == self.max_len
         if whole:  # the call spans the whole cache: use it in place, rows in their own order
             rows = np.arange(B)
@@ -360,6 +355,33 @@ class SamplerEngine:
         return results
 
     # ------------------------------------------------------------------ internals
+    def _window(self, need: int) -> int:
+        """The cache window (slots attention reads) of a call whose longest row needs `need` slots: powers of
+        two up to 256, then 2 per octave (each size is one more decode compile); at most max_len."""
+        fine = self.fine_buckets and need > 4 * MIN_WINDOW
+        return fine_bucket(need, MIN_WINDOW, self.max_len, 2) if fine else bucket_length(
+            need, "pow2", MIN_WINDOW, self.max_len)
+
+    def _prepare_call(self, handles, max_new_tokens, temperature, top_p, top_k, stop_token_ids, stop_strings):
+        """Check a generate call's arguments -> (episodes, per-row limits, stop-id table, stop-string trigger
+        table, StopStrings checker or None, sampling mode); shared by the dense and paged engines."""
+        if len(set(handles)) != len(handles):
+            raise ValueError(f"generate got duplicate handles {handles}; pass each episode once")
+        eps = [self._ep(h) for h in handles]
+        filters.check_settings(temperature, top_k, top_p)
+        limits = ([int(max_new_tokens)] * len(eps) if isinstance(max_new_tokens, (int, np.integer))
+                  else [int(m) for m in max_new_tokens])
+        if len(limits) != len(eps) or min(limits) < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}; expected an int >= 1 or one per handle")
+        stop_ids = self.stop_token_ids if stop_token_ids is None else self._check_stop_ids(stop_token_ids)
+        strings = self.stop_strings if stop_strings is None else check_stop_strings(stop_strings, self.tokenizer)
+        V = self.config.vocab_size
+        stop_table = np.zeros(V, bool)
+        stop_table[list(stop_ids)] = True
+        checker = StopStrings(self.tokenizer, strings) if strings else None
+        trigger = (trigger_table(self.tokenizer, strings, V) if strings else np.zeros(V, bool))
+        return eps, limits, stop_table, trigger, checker, filters.mode_for(temperature, top_k, top_p)
+
     def _tick(self, key: str, t0: float, out=None):
         """Add the time since t0 to stats[key] (after `out` is ready when timed); returns `out`, or now."""
         if self.timed and out is not None:

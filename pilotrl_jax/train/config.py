@@ -147,6 +147,23 @@ def base_config() -> ml_collections.ConfigDict:
         # sampler shapes: cache windows above 256 slots in 2 sizes per octave, prefill chunks in 4 (half the
         # padded prefill of powers of two; a few more compiles); False = powers of two
         fine_buckets=True,
+        # the sampler's KV cache: "dense" (one max_len row per episode) | "paged" (pages of page_size tokens
+        # allocated as episodes grow, admission by free pages, preemption + recompute when the pool runs dry;
+        # sampling.paged; needs share_prefix=False)
+        kv_cache="dense",
+        page_size=16,  # kv_cache="paged": token slots per page
+        # kv_cache="paged": pages in the pool; 0 = the memory of a dense cache of the engine's rows
+        # (max_batch, or the memory plan's rows: rows x ceil(token_budget / page_size), what the memory plan
+        # budgets), holding up to all of a host's episodes of a step at once (admitted by free pages); the memory
+        # plan counts that dense cache, not cache_pages: a larger pool is not planned
+        cache_pages=0,
+        # kv_cache="paged": tokens an episode is expected to reach; the engine admits a new episode when its
+        # reserve fits after every live one's (0 = token_budget: never overcommits, never preempts)
+        page_reserve_tokens=0,
+        # kv_cache="paged": xla (pages gathered per layer and step) | window (gathered once per turn into a
+        # dense sub-cache: the dense engine's step speed, a transient sub-cache) | ragged (Pallas TPU kernel)
+        # | auto (ragged on TPU, xla on GPU, window on CPU)
+        paged_attention_impl="auto",
     ))
     # rl / reward: PPOConfig's and RewardConfig's fields, less those each stage (or the rollout) sets
     ppo = {k: v for k, v in dataclasses.asdict(PPOConfig()).items() if f"rl.{k}" not in MOVED_KEYS}
@@ -261,6 +278,37 @@ def check_keys(c) -> None:
                                      f"stage; leave it at {template[k]!r} (it is for RL stages)")
 
 
+PAGED_KEYS = {"page_size": 16, "cache_pages": 0, "page_reserve_tokens": 0, "paged_attention_impl": "auto"}
+
+
+def _check_kv_cache(r, budget: int) -> None:
+    """Refuse a bad rollout.kv_cache setting, or a paged-cache key that would be ignored, by name."""
+    kind = r.get("kv_cache", "dense")
+    if kind not in ("dense", "paged"):
+        raise ValueError(f"config.rollout.kv_cache={kind!r}; expected 'dense' or 'paged'")
+    if kind == "dense":
+        changed = sorted(k for k, v in PAGED_KEYS.items() if r.get(k, v) != v)
+        if changed:
+            raise ValueError(f"config.rollout.{changed[0]}={r.get(changed[0])!r} would be ignored: it is for "
+                             "rollout.kv_cache='paged'; set kv_cache='paged' or leave it at "
+                             f"{PAGED_KEYS[changed[0]]!r}")
+        return
+    for k in ("page_size", "cache_pages", "page_reserve_tokens"):
+        v = r.get(k, PAGED_KEYS[k])
+        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if k == "page_size" else 0):
+            raise ValueError(f"config.rollout.{k}={v!r}; expected an int >= {1 if k == 'page_size' else 0}")
+    if r.get("page_reserve_tokens", 0) > budget:
+        raise ValueError(f"config.rollout.page_reserve_tokens={r.page_reserve_tokens} is above agent.token_budget="
+                         f"{budget}; expected 0 (= token_budget) .. token_budget")
+    impl = r.get("paged_attention_impl", "auto")
+    if impl not in ("xla", "window", "ragged", "auto"):
+        raise ValueError(f"config.rollout.paged_attention_impl={impl!r}; expected 'xla', 'window', 'ragged' or "
+                         "'auto'")
+    if r.get("share_prefix", True):
+        raise ValueError("config.rollout.share_prefix=True does not work with rollout.kv_cache='paged'; set "
+                         "rollout.share_prefix=False (or kv_cache='dense')")
+
+
 def validate(c) -> None:
     """Raise a ValueError naming the first bad key and what it accepts."""
     check_keys(c)
@@ -288,6 +336,7 @@ def validate(c) -> None:
     if not isinstance(pm, int) or isinstance(pm, bool) or pm < 0:
         raise ValueError(f"config.rollout.pad_multiple={pm!r}; expected 0 (pad PPO batches to a power of two) "
                          "or a positive int k (pad to a multiple of k, e.g. 128)")
+    _check_kv_cache(c.rollout, int(c.agent.token_budget))
     n_rl = int(c.env.get("num_rl_tasks", 0))
     if n_rl < 0 or (n_rl and c.env.name != "alfworld"):
         raise ValueError(f"config.env.num_rl_tasks={n_rl} (env {c.env.name!r}); expected 0, or > 0 with "

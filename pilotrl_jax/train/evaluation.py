@@ -20,15 +20,29 @@ from pilotrl_jax.sampling.engine import SamplerEngine
 from pilotrl_jax.train import multihost
 
 
-def make_engine(ctx, params, rows: int, seed: int) -> SamplerEngine:
-    """A sampler engine over `params` sized for `rows` episodes of the run's token budget."""
+def make_engine(ctx, params, rows: int, seed: int, episodes: Optional[int] = None) -> SamplerEngine:
+    """A sampler engine over `params` sized for `rows` episodes of the run's token budget (rollout.kv_cache=
+    'paged': a pool of that memory (or rollout.cache_pages) holding up to max(rows, `episodes`) episodes,
+    admitted by free pages)."""
     from pilotrl_jax.agent.parser import STOP_STRINGS
 
+    r = ctx.cfg.rollout
+    if r.get("kv_cache", "dense") == "paged":
+        from pilotrl_jax.sampling.paged import PagedSamplerEngine, pages_for
+
+        budget, ps = int(ctx.cfg.agent.token_budget), int(r.page_size)
+        return PagedSamplerEngine(
+            ctx.model_cfg, multihost.sampler_params(ctx, params), max_batch=max(1, rows, int(episodes or 0)),
+            max_len=budget,
+            num_pages=int(r.cache_pages) or max(1, rows) * pages_for(budget, ps), page_size=ps,
+            reserve_len=int(r.page_reserve_tokens) or None, paged_attention_impl=str(r.paged_attention_impl),
+            mesh=multihost.sampler_mesh(ctx), seed=seed, tokenizer=ctx.tokenizer, stop_strings=STOP_STRINGS,
+            share_prefix=bool(r.get("share_prefix", True)), fine_buckets=bool(r.get("fine_buckets", True)))
     return SamplerEngine(ctx.model_cfg, multihost.sampler_params(ctx, params), max_batch=max(1, rows),
                          max_len=int(ctx.cfg.agent.token_budget), mesh=multihost.sampler_mesh(ctx), seed=seed,
                          tokenizer=ctx.tokenizer, stop_strings=STOP_STRINGS,
-                         share_prefix=bool(ctx.cfg.rollout.get("share_prefix", True)),
-                         fine_buckets=bool(ctx.cfg.rollout.get("fine_buckets", True)))
+                         share_prefix=bool(r.get("share_prefix", True)),
+                         fine_buckets=bool(r.get("fine_buckets", True)))
 
 
 def rollout_config(ctx, *, group_size: int, mode: str, replan: Optional[str], temperature: float, top_p: float,
@@ -129,7 +143,7 @@ def evaluate(ctx, params, tasks: Sequence[Any], mode: str = "adaplan", replan: O
         return _evaluate_hosts(ctx, params, list(tasks), mode, replan, temperature, top_p, seed, group_size,
                                max_rows, progress, exemplar)
     rows = min(max_rows, len(tasks) * group_size)
-    engine = make_engine(ctx, params, rows, seed)
+    engine = make_engine(ctx, params, rows, seed, episodes=len(tasks) * group_size)
     rc = rollout_config(ctx, group_size=group_size, mode=mode, replan=replan, temperature=temperature, top_p=top_p,
                         seed=seed, progress=progress, exemplar=exemplar)
     runner = RolloutRunner(SamplerPolicy(engine, temperature, top_p, int(ctx.cfg.rollout.top_k)),

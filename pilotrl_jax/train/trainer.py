@@ -241,7 +241,8 @@ def run_rl_stage(ctx, st: C.StageSettings, stage_index: int, params, stage_dir: 
     rows = plan.local_rows
     if int(cfg.rollout.max_batch):
         rows = min(rows, int(cfg.rollout.max_batch))
-    engine = make_engine(ctx, state.params, rows, seed=int(cfg.seed))
+    # (rollout.kv_cache='paged': the memory of `rows` dense rows, up to all of the host's episodes at once)
+    engine = make_engine(ctx, state.params, rows, seed=int(cfg.seed), episodes=plan.local_rows)
     planner = make_planner(ctx, st)
     judge = make_judge(ctx, st, params)
     best = -1.0

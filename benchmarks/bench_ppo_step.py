@@ -1,10 +1,12 @@
 """PPO step tokens/s of our jitted `ppo_step` vs a plain torch PPO update on the same weights and CPU.
 
-    python benchmarks/bench_ppo_step.py [--model tiny|smollm2] [--batch 8] [--seq 256] [--micro 1]
-        [--attention-chunk 0 64]
+    python benchmarks/bench_ppo_step.py [--model demo|tiny|smollm2] [--batch 16] [--seq 512 1024] [--micro 1]
+        [--attention xla xla_flash] [--attention-chunk 64 128]
 
-Each `--attention-chunk` value is one row per length: our causal attention in blocks of that many
-queries (0 = the full T x T score matrix), each timed interleaved with the torch peer (SDPA).
+Each (`--attention`, `--attention-chunk`) pair is one row per length: our causal attention
+(`model.attention_impl`) in blocks of that many queries (0 = one block), each timed interleaved
+with the torch peer (SDPA). The process runs with `pilotrl_jax.host_memory` applied (freed memory
+kept for reuse), which speeds up both; the header says whether it was.
 
 The torch peer is transformers' LlamaForCausalLM doing the same update: forward, log-probs at the
 sampling temperature, PPO clipped surrogate (dual-clip, token-mean), backward, grad-norm clip 1.0,
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 import transformers
 
+from pilotrl_jax import host_memory
 from pilotrl_jax.models import hf_io
 from pilotrl_jax.rl import ppo
 from common import model_dir
@@ -125,13 +128,15 @@ def torch_ppo_step_fn(model, cfg: ppo.PPOConfig, batch: dict, n_micro: int):
 def main():
     """Run the benchmark and print the table."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2"])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--model", default="demo", choices=["demo", "tiny", "smollm2"])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--micro", type=int, default=1, help="micro-batches per update (both implementations)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--attention", nargs="+", default=["xla", "xla_flash"], choices=["xla", "xla_flash"],
+                    help="model.attention_impl values; one row each")
     ap.add_argument("--attention-chunk", type=int, nargs="+", default=[128],
-                    help="queries per causal attention block (0 = the full score matrix); one row each")
+                    help="queries per causal attention block (0 = one block: the full score matrix); one row each")
     args = ap.parse_args()
 
     pj, pt = matmul_peak()
@@ -141,15 +146,16 @@ def main():
     tmodel = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
     cfg = ppo.PPOConfig(lr=1e-6, num_mini_batches=1, num_micro_batches=args.micro, shuffle=False)
     print(f"model={args.model} params={config.num_params / 1e6:.1f}M float32 batch={args.batch} micro={args.micro} "
-          f"torch threads={torch.get_num_threads()} jax={jax.devices()[0].platform}")
+          f"torch threads={torch.get_num_threads()} jax={jax.devices()[0].platform} "
+          f"host_memory.keep_freed_memory={host_memory.applied()}")
     print(f"measured matmul peak: jax {pj / 1e9:.1f} GFLOP/s, torch {pt / 1e9:.1f} GFLOP/s (MFU uses {peak / 1e9:.1f})")
-    print(f"{'seq':>5} {'chunk':>5} | {'ours tok/s':>10} {'ours MFU':>8} | {'torch tok/s':>11} {'torch MFU':>9} | "
-          f"{'ratio':>6}")
+    print(f"{'seq':>5} {'attention':>9} {'chunk':>5} | {'ours tok/s':>10} {'ours MFU':>8} | {'torch tok/s':>11} "
+          f"{'torch MFU':>9} | {'ratio':>6}")
     for T in args.seq:
         batch = _batch(config.vocab_size, args.batch, T)
         jb = jax.tree.map(jnp.asarray, batch)
-        for chunk in args.attention_chunk:
-            ccfg = config.replace(attention_query_chunk=chunk)
+        for impl, chunk in [(i, c) for i in args.attention for c in args.attention_chunk]:
+            ccfg = config.replace(attention_query_chunk=chunk, attention_impl=impl)
             step = ppo.make_ppo_step(ccfg, cfg, donate=True)
             state = [ppo.init_train_state(ccfg, cfg, params, jax.random.PRNGKey(0))]
 
@@ -160,7 +166,7 @@ def main():
             t_ours, t_torch = _interleaved_best(run_ours, torch_ppo_step_fn(tmodel, cfg, batch, args.micro), args.reps)
             n = args.batch * T
             fl = train_flops_per_token(config, T) * n
-            print(f"{T:>5} {chunk:>5} | {n / t_ours:>10.0f} {fl / t_ours / peak:>8.1%} | {n / t_torch:>11.0f} "
+            print(f"{T:>5} {impl:>9} {chunk:>5} | {n / t_ours:>10.0f} {fl / t_ours / peak:>8.1%} | {n / t_torch:>11.0f} "
                   f"{fl / t_torch / peak:>9.1%} | {t_torch / t_ours:>6.2f}")
 
 

@@ -1,6 +1,10 @@
 """Causal self-attention kernels without a KV cache (training, scoring): `model.attention_impl`.
 
 - `xla`: the model's own blocked einsum path (`llama.Attention`; nothing here). The default.
+- `xla_flash`: blocked XLA attention with heads ahead of the sequence and a flash-style backward
+  (`models.flash_xla`: saves the output and per-query softmax statistics, recomputes probabilities):
+  every backend has it; on CPU it is the fastest training path (benchmarks/bench_ppo_step.py). Same
+  maths as `xla`, other float rounding (~1e-6 in fp32), so `xla` stays the default.
 - `splash`: the Pallas TPU splash-attention kernel (`jax.experimental.pallas.ops.tpu.splash_attention`):
   a static causal mask and padding as segment ids (real tokens 1, padding 0), so a real query reads
   exactly the real keys at or before it, and a padding query reads only padding (itself at least: no
@@ -14,7 +18,7 @@
 - `cudnn`: `jax.nn.dot_product_attention(..., implementation="cudnn")` (cuDNN flash attention). cuDNN
   takes padding only as per-row lengths, so each row's real tokens are first moved to its front
   (a stable sort: their order, hence the causal mask among them, is kept) and moved back after.
-- `auto`: by backend: tpu -> splash, gpu -> cudnn, anything else -> xla.
+- `auto`: by backend: tpu -> splash, gpu -> cudnn, anything else (cpu) -> xla_flash.
 
 A backend without the requested kernel raises `AttentionUnavailable` naming the ones it has: never a
 silent fallback that would change the numerics.
@@ -30,8 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-IMPLEMENTATIONS = ("xla", "splash", "cudnn", "auto")
+from pilotrl_jax.models import flash_xla
+
+IMPLEMENTATIONS = ("xla", "xla_flash", "splash", "cudnn", "auto")
 _AUTO = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}
+_AUTO_OTHER = "xla_flash"
 _LANES = 128
 _STATE = {"backend": None, "interpret": False}
 
@@ -42,7 +49,8 @@ class AttentionUnavailable(ValueError):
 
 def available(backend: str) -> tuple[str, ...]:
     """The attention implementations a backend has kernels for."""
-    return {"tpu": ("xla", "splash"), "gpu": ("xla", "cudnn"), "cuda": ("xla", "cudnn")}.get(backend, ("xla",))
+    return {"tpu": ("xla", "xla_flash", "splash"), "gpu": ("xla", "xla_flash", "cudnn"),
+            "cuda": ("xla", "xla_flash", "cudnn")}.get(backend, ("xla", "xla_flash"))
 
 
 @contextlib.contextmanager
@@ -80,7 +88,7 @@ def resolve(impl: str, on: Optional[str] = None) -> str:
         raise AttentionUnavailable(f"attention_impl={impl!r}; expected one of {IMPLEMENTATIONS}")
     on = on or backend()
     if impl == "auto":
-        return _AUTO.get(on, "xla")
+        return _AUTO.get(on, _AUTO_OTHER)
     have = available(on)
     if impl in have or (impl == "splash" and _STATE["interpret"]):
         return impl
@@ -88,17 +96,19 @@ def resolve(impl: str, on: Optional[str] = None) -> str:
             "pilotrl_jax.models.attention.interpret_splash())" if impl == "splash" else "")
     raise AttentionUnavailable(
         f"model.attention_impl={impl!r} has no kernel on backend {on!r}, which has {have}; set "
-        f"model.attention_impl to one of them, or 'auto' (= {_AUTO.get(on, 'xla')!r} here){hint}")
+        f"model.attention_impl to one of them, or 'auto' (= {_AUTO.get(on, _AUTO_OTHER)!r} here){hint}")
 
 
-def attend(impl: str, q, k, v, key_valid, dt):
+def attend(impl: str, q, k, v, key_valid, dt, chunk: int = 128):
     """Causal self-attention with a resolved kernel: q [B, T, K, G, Dh], k/v [B, T, K, Dh], key_valid [B, T]
-    (True = real token) -> [B, T, K, G, Dh] in `dt`; scale 1/sqrt(Dh)."""
+    (True = real token) -> [B, T, K, G, Dh] in `dt`; scale 1/sqrt(Dh); `chunk`: xla_flash's query block."""
+    if impl == "xla_flash":
+        return flash_xla.attend(q, k, v, key_valid.astype(bool), int(chunk), dt)
     if impl == "splash":
         return splash(q, k, v, key_valid, dt)
     if impl == "cudnn":
         return cudnn(q, k, v, key_valid, dt)
-    raise AttentionUnavailable(f"attend() takes a kernel ('splash' or 'cudnn'); got {impl!r}")
+    raise AttentionUnavailable(f"attend() takes a kernel ('xla_flash', 'splash' or 'cudnn'); got {impl!r}")
 
 
 # ----------------------------------------------------------------------------- splash (TPU / interpret)

@@ -12,7 +12,7 @@ SUPPORTED_MODEL_TYPES = ("llama",)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # LlamaConfig fields that are ours, not HF's (kept in our checkpoints, set from the run config).
-ATTENTION_IMPLS = ("xla", "splash", "cudnn", "auto")  # see pilotrl_jax.models.attention
+ATTENTION_IMPLS = ("xla", "xla_flash", "splash", "cudnn", "auto")  # see pilotrl_jax.models.attention
 OUR_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_query_chunk", "attention_impl")
 
 # HF keys that carry no information for inference/training math here.

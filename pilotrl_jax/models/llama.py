@@ -124,16 +124,20 @@ class Attention(nn.Module):
         q = q.reshape(B, T, K, H // K, Dh)
         chunk = c.attention_query_chunk
         if cache is None and mask.ndim == 2:  # a kernel (config.attention_impl): mask = the real keys [B, T]
-            out = attn_kernels.attend(attn_kernels.resolve(c.attention_impl), q, k, v, mask, dt)
+            out = attn_kernels.attend(attn_kernels.resolve(c.attention_impl), q, k, v, mask, dt, chunk)
         elif cache is None and 0 < chunk < T:
-            # Causal self-attention (the no-cache mask never lets a query see a later slot): the
-            # queries of block [a, b) read only keys [0, b).
-            ends = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
-            out = jnp.concatenate([_attend(q[:, a:b], k[:, :b], v[:, :b], mask[:, a:b, :b], dt) for a, b in ends],
-                                  axis=1)
+            out = _blocked_causal(q, k, v, mask, chunk, dt)
         else:
             out = _attend(q, k, v, mask, dt)
         return jnp.einsum("bthk,hkd->btd", out.reshape(B, T, H, Dh), wo), new_cache
+
+
+def _blocked_causal(q, k, v, mask, chunk, dt):
+    """Causal self-attention in blocks of `chunk` queries (the no-cache mask never lets a query see a
+    later slot): the queries of block [a, b) read only keys [0, b). Shapes as `_attend`."""
+    T = q.shape[1]
+    ends = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
+    return jnp.concatenate([_attend(q[:, a:b], k[:, :b], v[:, :b], mask[:, a:b, :b], dt) for a, b in ends], axis=1)
 
 
 def _attend(q, k, v, mask, dt):

@@ -98,21 +98,53 @@ def test_cudnn_row_packing_matches_xla(pattern):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
 
 
-def test_default_and_auto_on_cpu_are_the_xla_path_bit_for_bit():
+def test_default_is_the_xla_path_and_auto_on_cpu_is_xla_flash_bit_for_bit():
     params = llama.init_params(CFG, jax.random.PRNGKey(0))
     ids, mask = _batch()
     assert CFG.attention_impl == "xla"
-    a = np.asarray(llama.forward(CFG, params, ids, attention_mask=mask))
-    b = np.asarray(llama.forward(CFG.replace(attention_impl="auto"), params, ids, attention_mask=mask))
-    assert np.array_equal(a, b)
+    forward = lambda impl: np.asarray(llama.forward(CFG.replace(attention_impl=impl), params, ids, attention_mask=mask))
+    assert np.array_equal(forward("auto"), forward("xla_flash"))
+    assert not np.array_equal(forward("xla"), forward("xla_flash"))  # another path (other rounding)
+
+
+@pytest.mark.parametrize("scan,chunk", [(False, 16), (True, 0), (False, 7)])
+def test_xla_flash_matches_xla(scan, chunk):
+    """fp32 logits and gradients within 1e-5 (GQA, left and right padding; blocks of 16, one block, and
+    blocks that do not divide T); a left-padding query reads its block's keys uniformly, as in xla."""
+    cfg = CFG.replace(attention_impl="xla_flash", attention_query_chunk=chunk, scan_layers=scan,
+                      remat_policy="full" if scan else "none")
+    params = llama.init_params(cfg, jax.random.PRNGKey(4))
+    ids, mask = _batch()
+    _check_parity(cfg, params, ids, mask)
+    # every slot, padding queries included, as the xla path computes it
+    h = llama.forward_hidden(cfg, params, ids, mask)
+    h_xla = llama.forward_hidden(cfg.replace(attention_impl="xla"), params, ids, mask)
+    np.testing.assert_allclose(np.asarray(h), np.asarray(h_xla), atol=1e-5, rtol=0)
+
+
+def test_xla_flash_in_bfloat16_stays_close_and_keeps_the_input_dtypes():
+    from pilotrl_jax.models import flash_xla
+
+    rng = np.random.default_rng(5)
+    q = jnp.asarray(rng.normal(size=(2, 24, 2, 2, 8)), jnp.bfloat16)
+    k, v = (jnp.asarray(rng.normal(size=(2, 24, 2, 8)), jnp.bfloat16) for _ in range(2))
+    valid = jnp.ones((2, 24), bool).at[1, :5].set(False)
+    f = lambda q, k, v: flash_xla.attend(q, k, v, valid, 8, jnp.bfloat16).astype(jnp.float32).sum()
+    grads = jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+    assert [g.dtype for g in grads] == [jnp.bfloat16] * 3
+    f32 = lambda q, k, v: flash_xla.attend(q, k, v, valid, 8, jnp.float32).sum()
+    want = jax.grad(f32, argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q, k, v)))
+    for g, w in zip(grads, want):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w), atol=0.1, rtol=0.05)
 
 
 def test_backend_without_a_kernel_is_refused_by_name():
     assert attention.resolve("auto", "tpu") == "splash" and attention.resolve("auto", "gpu") == "cudnn"
-    assert attention.resolve("auto", "cpu") == "xla" and attention.resolve("xla", "tpu") == "xla"
-    with pytest.raises(attention.AttentionUnavailable, match=r"'cudnn' has no kernel on backend 'cpu', which has \('xla',\)"):
+    assert attention.resolve("auto", "cpu") == "xla_flash" and attention.resolve("xla", "tpu") == "xla"
+    assert all(attention.resolve("xla_flash", b) == "xla_flash" for b in ("cpu", "gpu", "tpu"))
+    with pytest.raises(attention.AttentionUnavailable, match=r"'cudnn' has no kernel on backend 'cpu', which has \('xla', 'xla_flash'\)"):
         attention.resolve("cudnn", "cpu")
-    with pytest.raises(attention.AttentionUnavailable, match=r"'splash' has no kernel on backend 'gpu', which has \('xla', 'cudnn'\)"):
+    with pytest.raises(attention.AttentionUnavailable, match=r"'splash' has no kernel on backend 'gpu', which has \('xla', 'xla_flash', 'cudnn'\)"):
         attention.resolve("splash", "gpu")
     with pytest.raises(attention.AttentionUnavailable, match="interpret"):
         attention.resolve("splash", "cpu")

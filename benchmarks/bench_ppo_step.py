@@ -99,20 +99,24 @@ def _batch(vocab, B, T, seed=0):
                 old_logprobs=np.full((B, T), -7.0, np.float32) * lm)
 
 
-def torch_ppo_step_fn(model, cfg: ppo.PPOConfig, batch: dict, n_micro: int):
-    """A plain torch PPO update (the peer), closed over one batch."""
+def torch_ppo_step_fn(model, cfg: ppo.PPOConfig, batch: dict, n_micro: int, device: str = "cpu",
+                      autocast_dtype=None):
+    """A plain torch PPO update (the peer), closed over one batch; on `device`, under autocast to
+    `autocast_dtype` when given (mixed precision: float32 weights, bf16 matmuls), synchronised at the end."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_b1, cfg.adam_b2), eps=cfg.adam_eps,
                             weight_decay=cfg.weight_decay)
-    tb = {k: torch.tensor(v) for k, v in batch.items()}
+    tb = {k: torch.tensor(v, device=device) for k, v in batch.items()}
     tb["input_ids"] = tb["input_ids"].long()
     den = tb["loss_mask"].sum()
+    dev_type = torch.device(device).type
 
     def step():
         opt.zero_grad(set_to_none=True)
         for chunk in range(n_micro):
             sl = slice(chunk * len(tb["input_ids"]) // n_micro, (chunk + 1) * len(tb["input_ids"]) // n_micro)
             ids, m = tb["input_ids"][sl], tb["loss_mask"][sl][:, 1:]
-            logits = model(ids, attention_mask=tb["attention_mask"][sl], use_cache=False).logits.float()
+            with torch.autocast(dev_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+                logits = model(ids, attention_mask=tb["attention_mask"][sl], use_cache=False).logits.float()
             lp = torch.log_softmax(logits[:, :-1] / cfg.temperature, -1).gather(-1, ids[:, 1:, None])[..., 0]
             a, old = tb["advantages"][sl][:, 1:], tb["old_logprobs"][sl][:, 1:]
             r = torch.exp(torch.clamp(lp - old, -20, 20))
@@ -121,6 +125,8 @@ def torch_ppo_step_fn(model, cfg: ppo.PPOConfig, batch: dict, n_micro: int):
             ((loss * m).sum() / den).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
+        if dev_type == "cuda":
+            torch.cuda.synchronize()
 
     return step
 

@@ -268,7 +268,7 @@ def attention_context(model_cfg, mesh):
 
     platform = mesh.devices.flat[0].platform
     try:
-        impl = attention.resolve(model_cfg.attention_impl, platform)
+        impl = attention.resolve(model_cfg.attention_impl, platform, dtype=model_cfg.dtype)
     except attention.AttentionUnavailable as e:
         raise AOTError(str(e)) from None
     with contextlib.ExitStack() as stack:

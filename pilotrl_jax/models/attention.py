@@ -18,7 +18,8 @@
 - `cudnn`: `jax.nn.dot_product_attention(..., implementation="cudnn")` (cuDNN flash attention). cuDNN
   takes padding only as per-row lengths, so each row's real tokens are first moved to its front
   (a stable sort: their order, hence the causal mask among them, is kept) and moved back after.
-- `auto`: by backend: tpu -> splash, gpu -> cudnn, anything else (cpu) -> xla_flash.
+- `auto`: by backend: tpu -> splash, gpu -> cudnn (xla_flash when model.dtype is float32: cuDNN's flash
+  attention takes only bf16/fp16, and `cudnn` with float32 is refused by name), anything else (cpu) -> xla_flash.
 
 A backend without the requested kernel raises `AttentionUnavailable` naming the ones it has: never a
 silent fallback that would change the numerics.
@@ -39,6 +40,7 @@ from pilotrl_jax.models import flash_xla
 IMPLEMENTATIONS = ("xla", "xla_flash", "splash", "cudnn", "auto")
 _AUTO = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}
 _AUTO_OTHER = "xla_flash"
+_CUDNN_DTYPES = ("bfloat16", "float16")
 _LANES = 128
 _STATE = {"backend": None, "interpret": False}
 
@@ -82,13 +84,21 @@ def backend() -> str:
     return _STATE["backend"] or jax.default_backend()
 
 
-def resolve(impl: str, on: Optional[str] = None) -> str:
-    """The kernel `impl` runs on backend `on` (default `backend()`): xla, splash or cudnn; raise if it has none."""
+def resolve(impl: str, on: Optional[str] = None, dtype: Optional[str] = None) -> str:
+    """The kernel `impl` runs on backend `on` (default `backend()`) for compute `dtype` (model.dtype; None =
+    not checked): xla, xla_flash, splash or cudnn; raise if it has none. cuDNN flash attention takes only
+    bf16/fp16, so `auto` on GPU is cudnn in bfloat16 and xla_flash in float32, and `cudnn` in float32 is refused."""
     if impl not in IMPLEMENTATIONS:
         raise AttentionUnavailable(f"attention_impl={impl!r}; expected one of {IMPLEMENTATIONS}")
     on = on or backend()
+    half = dtype is None or dtype in _CUDNN_DTYPES
     if impl == "auto":
-        return _AUTO.get(on, _AUTO_OTHER)
+        pick = _AUTO.get(on, _AUTO_OTHER)
+        return pick if pick != "cudnn" or half else _AUTO_OTHER
+    if impl == "cudnn" and not half:
+        raise AttentionUnavailable(
+            f"model.attention_impl='cudnn' with model.dtype={dtype!r}: cuDNN flash attention takes only "
+            f"{_CUDNN_DTYPES}; set model.dtype='bfloat16', or model.attention_impl='xla_flash' (or 'auto') for {dtype}")
     have = available(on)
     if impl in have or (impl == "splash" and _STATE["interpret"]):
         return impl

@@ -124,7 +124,7 @@ class Attention(nn.Module):
         q = q.reshape(B, T, K, H // K, Dh)
         chunk = c.attention_query_chunk
         if cache is None and mask.ndim == 2:  # a kernel (config.attention_impl): mask = the real keys [B, T]
-            out = attn_kernels.attend(attn_kernels.resolve(c.attention_impl), q, k, v, mask, dt, chunk)
+            out = attn_kernels.attend(attn_kernels.resolve(c.attention_impl, dtype=c.dtype), q, k, v, mask, dt, chunk)
         elif cache is None and 0 < chunk < T:
             out = _blocked_causal(q, k, v, mask, chunk, dt)
         else:
@@ -218,7 +218,8 @@ class Llama(nn.Module):
         if c.remat_policy != "none":
             block = nn.remat(Block, policy=_REMAT[c.remat_policy], prevent_cse=not c.scan_layers)
         layer_cache = None if cache is None else (cache["k"], cache["v"])
-        if cache is None and not self.is_initializing() and attn_kernels.resolve(c.attention_impl) != "xla":
+        if (cache is None and not self.is_initializing()
+                and attn_kernels.resolve(c.attention_impl, dtype=c.dtype) != "xla"):
             mask = mask[:, -1, :]  # causal: the last query's row marks the real keys, all a kernel takes
         if c.scan_layers:
             scanned = nn.scan(

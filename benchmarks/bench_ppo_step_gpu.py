@@ -1,7 +1,7 @@
 """PPO step on one GPU: our jitted `ppo_step` per attention kernel vs transformers' torch LlamaForCausalLM.
 
     JAX_PLATFORMS=cuda python benchmarks/bench_ppo_step_gpu.py [--model llama1b|tiny] [--batch 2] [--seq 8192]
-        [--rows cudnn:none cudnn:full xla_flash:none xla:full] [--chunk 512] [--reps 3]
+        [--rows cudnn:none xla:full cudnn:full xla_flash:none] [--chunk 512] [--reps 3]
 
 The model has random weights in Llama-3.2-1B's shapes (`llama1b`: 1.24B parameters, 16 layers, hidden 2048,
 GQA 32/8 heads of 64, vocabulary 128256, tied embeddings) or a small stand-in (`tiny`, to try the script
@@ -117,7 +117,7 @@ def main():
     ap.add_argument("--model", default="llama1b", choices=sorted(MODELS))
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=8192)
-    ap.add_argument("--rows", nargs="+", default=["cudnn:none", "cudnn:full", "xla_flash:none", "xla:full"],
+    ap.add_argument("--rows", nargs="+", default=["cudnn:none", "xla:full", "cudnn:full", "xla_flash:none"],
                     help="attention_impl:remat_policy, one row of ours each")
     ap.add_argument("--chunk", type=int, default=512, help="queries per block for the xla and xla_flash rows")
     ap.add_argument("--reps", type=int, default=3)

@@ -4,8 +4,9 @@ handful of times, not once per step."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 
@@ -23,10 +24,14 @@ def trace_counts() -> dict:
 
 
 class CountingJit:
-    """`jax.jit(fn)` that counts its own traces (`num_traces`) and adds them to TRACE_COUNTS under fn's name."""
+    """`jax.jit(fn)` that counts its own traces (`num_traces`) and adds them to TRACE_COUNTS under fn's name.
 
-    def __init__(self, fn: Callable, **jit_kwargs):
+    `context`: a factory of a context manager entered around every call and lowering, so that tracing
+    sees it (e.g. `jax.set_mesh(mesh)`, which a sharded attention kernel reads); None = none."""
+
+    def __init__(self, fn: Callable, context: Optional[Callable] = None, **jit_kwargs):
         self.num_traces = 0
+        self._context = context or contextlib.nullcontext
         name = getattr(fn, "__name__", "fn")
 
         @functools.wraps(fn)
@@ -39,8 +44,10 @@ class CountingJit:
 
     def __call__(self, *args):
         """Run the jitted function."""
-        return self._jitted(*args)
+        with self._context():
+            return self._jitted(*args)
 
     def lower(self, *args):
         """Lower for inspection (HLO, cost analysis)."""
-        return self._jitted.lower(*args)
+        with self._context():
+            return self._jitted.lower(*args)

@@ -109,6 +109,19 @@ def resolve(impl: str, on: Optional[str] = None, dtype: Optional[str] = None) ->
         f"model.attention_impl to one of them, or 'auto' (= {_AUTO.get(on, _AUTO_OTHER)!r} here){hint}")
 
 
+def mesh_context(impl: str, mesh, dtype: Optional[str] = None):
+    """A factory of the context to trace a model function in on `mesh`: `jax.set_mesh(mesh)` when `impl`
+    resolves to splash on a mesh of more than one device (so the kernel runs in shard_map over rows and
+    heads), else a no-op (the other paths take their shardings from the arguments)."""
+
+    def enter():
+        if mesh is None or mesh.size == 1 or resolve(impl, mesh.devices.flat[0].platform, dtype) != "splash":
+            return contextlib.nullcontext()
+        return jax.set_mesh(mesh)
+
+    return enter
+
+
 def attend(impl: str, q, k, v, key_valid, dt, chunk: int = 128):
     """Causal self-attention with a resolved kernel: q [B, T, K, G, Dh], k/v [B, T, K, Dh], key_valid [B, T]
     (True = real token) -> [B, T, K, G, Dh] in `dt`; scale 1/sqrt(Dh); `chunk`: xla_flash's query block."""

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pilotrl_jax.models import attention
 from pilotrl_jax.models.config import LlamaConfig
 from pilotrl_jax.rl import advantages as adv_lib
 from pilotrl_jax.rl import losses as L
@@ -66,7 +67,7 @@ def make_logprob_fn(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, chunks: O
     kw = {}
     if mesh is not None:
         kw = dict(out_shardings=batch_sharding(mesh))
-    return CountingJit(fn, **kw)
+    return CountingJit(fn, context=attention.mesh_context(model_cfg.attention_impl, mesh, model_cfg.dtype), **kw)
 
 
 def make_value_fn(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, chunks: Optional[int] = None) -> CountingJit:
@@ -87,7 +88,7 @@ def make_value_fn(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, chunks: Opt
     kw = {}
     if mesh is not None:
         kw = dict(out_shardings=batch_sharding(mesh))
-    return CountingJit(fn, **kw)
+    return CountingJit(fn, context=attention.mesh_context(model_cfg.attention_impl, mesh, model_cfg.dtype), **kw)
 
 
 def make_advantage_fn(cfg: PPOConfig) -> CountingJit:
@@ -246,7 +247,8 @@ def make_ppo_step(model_cfg: LlamaConfig, cfg: PPOConfig, mesh=None, donate: boo
         st = train_state_shardings(model_cfg, cfg, mesh)
         bs = batch_sharding(mesh)
         kw.update(in_shardings=(st, bs), out_shardings=(st, NamedSharding(mesh, P())))
-    jitted = CountingJit(ppo_step, **kw)
+    context = attention.mesh_context(model_cfg.attention_impl, mesh, model_cfg.dtype)
+    jitted = CountingJit(ppo_step, context=context, **kw)
 
     def checked(state, batch):
         check_batch(batch, cfg, mesh, required)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from pilotrl_jax import distributed as dist
-from pilotrl_jax.models import llama
+from pilotrl_jax.models import attention, llama
 from pilotrl_jax.rl import masks as masks_lib
 from pilotrl_jax.rl.optimizer import make_optimizer
 from pilotrl_jax.rl.ppo_config import PPOConfig
@@ -58,16 +58,24 @@ def sft_optimizer(lr: float, sft_cfg) -> optax.GradientTransformation:
                                         max_grad_norm=float(sft_cfg.max_grad_norm) or None))
 
 
-def make_sft_step(model_cfg, tx, out_shardings=None):
+def make_sft_step(model_cfg, tx, out_shardings=None, mesh=None):
     """Jitted (params, opt_state, batch) -> (params, opt_state, loss); `out_shardings` pins the
-    (params, opt_state, loss) layout (multi-host: the state stays sharded as it came)."""
+    (params, opt_state, loss) layout (multi-host: the state stays sharded as it came); with `mesh`, it
+    traces under the attention kernel's mesh context (`models.attention.mesh_context`: splash in shard_map)."""
 
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(lambda p: sft_loss(model_cfg, p, batch))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step) if out_shardings is None else jax.jit(step, out_shardings=out_shardings)
+    jitted = jax.jit(step) if out_shardings is None else jax.jit(step, out_shardings=out_shardings)
+    enter = attention.mesh_context(model_cfg.attention_impl, mesh, model_cfg.dtype)
+
+    def run(params, opt_state, batch):
+        with enter():
+            return jitted(params, opt_state, batch)
+
+    return run
 
 
 def opt_state_shardings(tx, params, mesh):
@@ -156,7 +164,7 @@ def run_sft_stage(ctx, st, params, stage_dir: str, ck, metrics, stop_flag) -> An
         opt_state = rest["opt_state"]
         dist.log0(f"[{st.name}] resumed from step {start}")
     metrics.truncate_after(start)
-    step_fn = make_sft_step(ctx.model_cfg, tx, out_shardings)
+    step_fn = make_sft_step(ctx.model_cfg, tx, out_shardings, ctx.mesh)
     bs = min(int(cfg.sft.batch_size), n)
     from tqdm.auto import tqdm
 

@@ -78,9 +78,6 @@ def bf16_matmul_peak(n: int = 8192, reps: int = 5) -> tuple[float, float]:
             torch.cuda.synchronize()
 
     tt = _sync_time(tmm, reps)
-    del a
-    if dev == "cuda":
-        torch.cuda.empty_cache()
     x = (jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32) / n**0.5).astype(jnp.bfloat16)
 
     @jax.jit
@@ -209,7 +206,8 @@ def main():
             rows_out.append(f"{impl:>10} {remat:>6} | {t_compile:>9.1f} {temp:>12.1f} | {t:>7.3f} {B * T / t:>8.0f} "
                             f"{fl_step / t / peak:>8.1%} {fl_step / t / (args.peak_tflops * 1e12):>9.1%} | {vs}")
             print(rows_out[-1] + f"   (first policy_loss {first.get('policy_loss', float('nan')):.5f})", flush=True)
-            del state, box, compiled
+            state = compiled = None
+            box.clear()
         except Exception as e:  # noqa: BLE001 - report the row and go on
             traceback.print_exc()
             rows_out.append(f"{impl:>10} {remat:>6} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")

@@ -69,8 +69,8 @@ from pilotrl_jax.sampling.cache import (CACHE_AXES, _gather, _put_prefix, _scatt
 from pilotrl_jax.sampling.stops import StopStrings, check_stop_strings, trigger_table
 from pilotrl_jax.traces import count_trace
 
-STOP_REASONS = ("running", "eos", "stop_string", "max_tokens", "cache_full")
-_RUNNING, _EOS, _STOP, _MAX, _FULL = range(5)
+from pilotrl_jax.sampling.decode_host import (_EOS, _FULL, _MAX, _RUNNING, _STOP, STOP_REASONS,  # noqa: F401
+                                              collect_chunk, fetch_chunk, new_slots)
 MIN_WINDOW = 64
 MIN_PREFILL = 16
 MIN_SHARED = 32  # shortest token prefix worth storing and copying (share_prefix)
@@ -453,12 +453,7 @@ class SamplerEngine:
         """Run decode chunks until every row is done; apply stop strings on the host between chunks."""
         n = len(eps)
         slots = np.asarray(slots)
-        tok = np.zeros(B, np.int32)
-        pos = np.full(B, W, np.int32)
-        done = np.ones(B, bool)
-        reason = np.full(B, _RUNNING, np.int32)
-        limit = np.ones(B, np.int32)
-        keys = np.zeros((B, 2), np.uint32)
+        tok, pos, done, reason, limit, keys = new_slots(B, W)
         for ep, s, lim in zip(eps, slots, limits):
             tok[s], pos[s], limit[s], keys[s] = ep.tokens[-1], len(ep.tokens) - 1, lim, ep.key
             if pos[s] >= self.max_len - 1:
@@ -481,31 +476,11 @@ class SamplerEngine:
             sub, state, out_tok, out_lp = _decode(
                 self.config, self.params, sub, state, stop_table, trigger, dev_sampling, jnp.int32(steps),
                 jnp.int32(self.max_len), mode=mode, chunk=self.decode_chunk, mesh=self.mesh)
-            st = jax.device_get(state)
-            out_tok, out_lp = np.asarray(out_tok), np.asarray(out_lp)
-            t0 = self._tick("decode_s", t0)
-            self.stats["decode_calls"] += 1
-            self.stats["decode_steps"] += int((out_tok >= 0).any(axis=0).sum())
-            tok, pos, done, reason, n_new = (np.array(st[k]) for k in ("tok", "pos", "done", "reason", "n_new"))
-            for i, s in enumerate(slots):
-                got = out_tok[s] >= 0
-                if not got.any():
-                    continue
-                start = len(gen[i])
-                gen[i].extend(out_tok[s][got].tolist())
-                lps[i].extend(out_lp[s][got].tolist())
-                fed[i] = len(gen[i])
-                if checker is None:
-                    continue
-                t1 = time.perf_counter()
-                k = checker.find(gen[i], start)
-                self._tick("stop_check_s", t1)
-                if k is not None:
-                    del gen[i][k + 1:], lps[i][k + 1:]
-                    matched[i] = checker.matched(gen[i], k)
-                    ep = eps[i]
-                    done[s], reason[s] = True, _STOP
-                    tok[s], pos[s], n_new[s] = gen[i][-1], len(ep.tokens) - 1 + len(gen[i]), len(gen[i])
+            t0, out_tok, out_lp, (tok, pos, done, reason, n_new) = fetch_chunk(self, state, out_tok, out_lp, t0)
+            pairs = [(s, i) for i, s in enumerate(slots)]
+            for s, i in collect_chunk(self, out_tok, out_lp, pairs, gen, lps, fed, matched, checker):
+                done[s], reason[s] = True, _STOP
+                tok[s], pos[s], n_new[s] = gen[i][-1], len(eps[i].tokens) - 1 + len(gen[i]), len(gen[i])
             self._tick("host_s", t0)
         results = []
         for i, (ep, s) in enumerate(zip(eps, slots)):

@@ -51,6 +51,7 @@ from jax.sharding import NamedSharding
 from pilotrl_jax.buckets import bucket_length
 from pilotrl_jax.sampling import paged_cache as pc
 from pilotrl_jax.sampling.cache import fine_bucket
+from pilotrl_jax.sampling.decode_host import collect_chunk, fetch_chunk, new_slots
 from pilotrl_jax.sampling.engine import (_FULL, _RUNNING, _STOP, MIN_PREFILL, STOP_REASONS, GenerationResult,
                                          SamplerEngine, decode_steps)
 from pilotrl_jax.traces import count_trace
@@ -324,12 +325,7 @@ class PagedSamplerEngine(SamplerEngine):
         B, W, nb = self._layout(rows, eps, limits, call)
         ps = self.page_size
         n = len(rows)
-        tok = np.zeros(B, np.int32)
-        pos = np.full(B, W, np.int32)
-        done = np.ones(B, bool)
-        reason = np.full(B, _RUNNING, np.int32)
-        limit = np.ones(B, np.int32)
-        keys = np.zeros((B, 2), np.uint32)
+        tok, pos, done, reason, limit, keys = new_slots(B, W)
         for s, i in enumerate(rows):
             ep = eps[i]
             tok[s], pos[s], keys[s] = ep.tokens[-1], len(ep.tokens) - 1, ep.key
@@ -361,29 +357,10 @@ class PagedSamplerEngine(SamplerEngine):
                 self.config, self.params, self.pools, jnp.asarray(bt), state, dev["stop_table"], dev["trigger"],
                 dev["sampling"], jnp.int32(steps), jnp.int32(self.max_len), mode=mode, chunk=self.decode_chunk,
                 window=W, impl=self.impl, mesh=self.mesh)
-            st = jax.device_get(state)
-            out_tok, out_lp = np.asarray(out_tok), np.asarray(out_lp)
-            t0 = self._tick("decode_s", t0)
-            self.stats["decode_calls"] += 1
-            self.stats["decode_steps"] += int((out_tok >= 0).any(axis=0).sum())
-            tok, pos, done, reason, n_new = (np.array(st[k]) for k in ("tok", "pos", "done", "reason", "n_new"))
-            for s, i in enumerate(rows):
-                got = out_tok[s] >= 0
-                if not got.any():
-                    continue
-                start = len(gen[i])
-                gen[i].extend(out_tok[s][got].tolist())
-                lps[i].extend(out_lp[s][got].tolist())
-                call["fed"][i] = len(gen[i])
-                if checker is None:
-                    continue
-                t1 = time.perf_counter()
-                k = checker.find(gen[i], start)
-                self._tick("stop_check_s", t1)
-                if k is not None:
-                    del gen[i][k + 1:], lps[i][k + 1:]
-                    call["matched"][i] = checker.matched(gen[i], k)
-                    done[s], reason[s] = True, _STOP
+            t0, out_tok, out_lp, (tok, pos, done, reason, n_new) = fetch_chunk(self, state, out_tok, out_lp, t0)
+            for s, _ in collect_chunk(self, out_tok, out_lp, list(enumerate(rows)), gen, lps, call["fed"],
+                                      call["matched"], checker):
+                done[s], reason[s] = True, _STOP
             self._tick("host_s", t0)
         for s, i in enumerate(rows):
             if handles[i] in self._suspended:

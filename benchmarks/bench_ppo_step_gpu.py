@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from bench_ppo_step import _batch, torch_ppo_step_fn, train_flops_per_token  # noqa: E402
+from bench_ppo_step import _batch, _best_time, torch_ppo_step_fn, train_flops_per_token  # noqa: E402
 from pilotrl_jax.models import hf_io, llama  # noqa: E402
 from pilotrl_jax.models.config import LlamaConfig  # noqa: E402
 from pilotrl_jax.rl import metrics as M  # noqa: E402
@@ -53,17 +53,6 @@ MODELS = {
 }
 
 
-def _sync_time(fn, reps: int) -> float:
-    """Best wall time of `reps` calls of fn (which blocks until its device work is done), after one warm-up."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def bf16_matmul_peak(n: int = 8192, reps: int = 5) -> tuple[float, float]:
     """Measured bf16 matmul FLOP/s of (torch, jax): 4 chained n x n x n products per call (random data
     scaled by 1/sqrt(n); chained so that XLA cannot merge them into one)."""
@@ -77,7 +66,7 @@ def bf16_matmul_peak(n: int = 8192, reps: int = 5) -> tuple[float, float]:
         if dev == "cuda":
             torch.cuda.synchronize()
 
-    tt = _sync_time(tmm, reps)
+    tt = _best_time(tmm, reps)
     x = (jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32) / n**0.5).astype(jnp.bfloat16)
 
     @jax.jit
@@ -87,7 +76,7 @@ def bf16_matmul_peak(n: int = 8192, reps: int = 5) -> tuple[float, float]:
             y = y @ x
         return y
 
-    tj = _sync_time(lambda: jax.block_until_ready(chain(x)), reps)
+    tj = _best_time(lambda: jax.block_until_ready(chain(x)), reps)
     flops = 4 * 2 * n**3
     return flops / tt, flops / tj
 
@@ -159,7 +148,7 @@ def main():
         try:
             tmodel.train()
             step = torch_ppo_step_fn(tmodel, pc, batch, 1, device=device, autocast_dtype=torch.bfloat16)
-            t_torch = _sync_time(step, args.reps)
+            t_torch = _best_time(step, args.reps)
             mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
             rows_out.append(f"{'torch sdpa':>10} {'none':>6} | {'':>9} {f'{mem:.1f} peak':>12} | {t_torch:>7.3f} "
                             f"{B * T / t_torch:>8.0f} {fl_step / t_torch / peak:>8.1%} "
@@ -201,7 +190,7 @@ def main():
                 return m
 
             first = M.finalize(run())
-            t = _sync_time(run, args.reps)
+            t = _best_time(run, args.reps)
             vs = f"{t_torch / t:>8.2f}" if t_torch else f"{'-':>8}"
             rows_out.append(f"{impl:>10} {remat:>6} | {t_compile:>9.1f} {temp:>12.1f} | {t:>7.3f} {B * T / t:>8.0f} "
                             f"{fl_step / t / peak:>8.1%} {fl_step / t / (args.peak_tflops * 1e12):>9.1%} | {vs}")

@@ -43,6 +43,34 @@ def test_freed_memory_is_reused_unless_turned_off():
     assert int(faults_on) < 1000, (faults_on, faults_off)  # steady state: 0 measured
 
 
+BIG = r"""
+import ctypes, resource
+import pilotrl_jax
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+n = (9 << 28)  # 2.25 GiB: above the largest trim threshold an int can give (2 GiB - 1)
+faults = []
+for _ in range(2):
+    p = libc.malloc(n)
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ctypes.memset(p, 1, n)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+    libc.free(p)
+print(faults[1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings (Linux only)")
+def test_a_freed_block_above_2_gib_is_kept_too():
+    """Trimming is off for any size: a 2.25 GiB block freed at the top of the heap is reused without faults
+    (with the trim threshold at the int maximum, glibc handed it back and all 589,824 pages faulted again)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("PILOTRL_KEEP_FREED_MEMORY", None)
+    out = subprocess.run([sys.executable, "-c", BIG], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) < 1000, out.stdout
+
+
 def test_a_bad_setting_is_refused_by_name():
     bad = _probe("sometimes")
     assert bad.returncode != 0

@@ -10,6 +10,7 @@ devices, and a 135M model sharded 8 ways on 2 cores is several times slower.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -73,7 +74,9 @@ def run(tmp_path_factory):
                 "--config.rl.entropy_coef=0.01")
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
-    return out, text, report
+    yield out, text, report
+    # ~10 GB of checkpoints: pytest keeps the last 3 sessions' tmp dirs, which would fill a small disk
+    shutil.rmtree(out, ignore_errors=True)
 
 
 @pytest.mark.slow

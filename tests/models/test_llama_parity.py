@@ -123,12 +123,13 @@ def test_query_blocked_attention_matches_the_full_matrix(hf_factory, chunk):
         return (lp[:, :-1].max(-1) * mask[:, :-1] * mask[:, 1:]).sum()  # real positions only
 
     real = mask.astype(bool)
-    a = np.asarray(llama.forward(full_cfg, params, ids, attention_mask=mask))
-    b = np.asarray(llama.forward(blocked_cfg, params, ids, attention_mask=mask))
+    # jitted, as training runs it (op by op, each block's ops compile on their own: over twice as slow)
+    a = np.asarray(jax.jit(lambda p: llama.forward(full_cfg, p, ids, attention_mask=mask))(params))
+    b = np.asarray(jax.jit(lambda p: llama.forward(blocked_cfg, p, ids, attention_mask=mask))(params))
     np.testing.assert_allclose(b[real], a[real], atol=1e-5)
     np.testing.assert_allclose(b[real], _torch_logits(model, ids, mask)[real], atol=1e-4)
-    ga = jax.grad(lambda p: loss(full_cfg, p))(params)
-    gb = jax.grad(lambda p: loss(blocked_cfg, p))(params)
+    ga = jax.jit(jax.grad(lambda p: loss(full_cfg, p)))(params)
+    gb = jax.jit(jax.grad(lambda p: loss(blocked_cfg, p)))(params)
     for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=2e-4, rtol=1e-4)
     with pytest.raises(Exception, match="attention_query_chunk"):

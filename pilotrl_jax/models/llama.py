@@ -88,6 +88,21 @@ class RMSNorm(nn.Module):
         return scale.astype(dt) * y.astype(dt)
 
 
+def qkv_projections(module: nn.Module, c: LlamaConfig, x, cos, sin):
+    """An attention layer's params (wq, wk, wv, wo, declared in `module`) applied: (q and k with rope, v, wo),
+    in the compute dtype. Shared by `Attention` and the paged sampler's ragged attention."""
+    dt = dtype_of(c.dtype)
+    init = nn.initializers.normal(0.02)
+    D, H, K, Dh = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    wq = _param(module, "wq", ("embed", "heads", "head_dim"), (D, H, Dh), init, c).astype(dt)
+    wk = _param(module, "wk", ("embed", "kv_heads", "head_dim"), (D, K, Dh), init, c).astype(dt)
+    wv = _param(module, "wv", ("embed", "kv_heads", "head_dim"), (D, K, Dh), init, c).astype(dt)
+    wo = _param(module, "wo", ("heads", "head_dim", "embed"), (H, Dh, D), init, c).astype(dt)
+    q = apply_rope(jnp.einsum("btd,dhk->bthk", x, wq), cos, sin)
+    k = apply_rope(jnp.einsum("btd,dhk->bthk", x, wk), cos, sin)
+    return q, k, jnp.einsum("btd,dhk->bthk", x, wv), wo
+
+
 class Attention(nn.Module):
     """Grouped-query attention with rotary embeddings and an optional KV cache."""
 
@@ -98,16 +113,9 @@ class Attention(nn.Module):
     def __call__(self, x, cos, sin, mask, cache=None, write_pos=None):
         c = self.config
         dt = dtype_of(c.dtype)
-        init = nn.initializers.normal(0.02)
-        D, H, K, Dh = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
-        wq = _param(self, "wq", ("embed", "heads", "head_dim"), (D, H, Dh), init, c).astype(dt)
-        wk = _param(self, "wk", ("embed", "kv_heads", "head_dim"), (D, K, Dh), init, c).astype(dt)
-        wv = _param(self, "wv", ("embed", "kv_heads", "head_dim"), (D, K, Dh), init, c).astype(dt)
-        wo = _param(self, "wo", ("heads", "head_dim", "embed"), (H, Dh, D), init, c).astype(dt)
+        H, K, Dh = c.num_heads, c.num_kv_heads, c.head_dim
         B, T, _ = x.shape
-        q = apply_rope(jnp.einsum("btd,dhk->bthk", x, wq), cos, sin)
-        k = apply_rope(jnp.einsum("btd,dhk->bthk", x, wk), cos, sin)
-        v = jnp.einsum("btd,dhk->bthk", x, wv)
+        q, k, v, wo = qkv_projections(self, c, x, cos, sin)
         new_cache = None
         if cache is not None:
             ck, cv = cache

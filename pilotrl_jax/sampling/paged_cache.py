@@ -176,7 +176,8 @@ class _RaggedBlock(nn.Module):
 
 
 class _RaggedAttention(nn.Module):
-    """`llama.Attention`'s projections and rope; keys/values to the pool, attention by the ragged kernel."""
+    """`llama.Attention`'s projections and rope (`llama.qkv_projections`); keys/values to the pool, attention
+    by the ragged kernel."""
 
     config: LlamaConfig
     window: int
@@ -186,15 +187,7 @@ class _RaggedAttention(nn.Module):
     def __call__(self, x, pool, block_table, positions, slots, cos, sin):
         c = self.config
         dt = llama.dtype_of(c.dtype)
-        init = nn.initializers.normal(0.02)
-        D, H, K, Dh = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
-        wq = llama._param(self, "wq", ("embed", "heads", "head_dim"), (D, H, Dh), init, c).astype(dt)
-        wk = llama._param(self, "wk", ("embed", "kv_heads", "head_dim"), (D, K, Dh), init, c).astype(dt)
-        wv = llama._param(self, "wv", ("embed", "kv_heads", "head_dim"), (D, K, Dh), init, c).astype(dt)
-        wo = llama._param(self, "wo", ("heads", "head_dim", "embed"), (H, Dh, D), init, c).astype(dt)
-        q = llama.apply_rope(jnp.einsum("btd,dhk->bthk", x, wq), cos, sin)
-        k = llama.apply_rope(jnp.einsum("btd,dhk->bthk", x, wk), cos, sin)
-        v = jnp.einsum("btd,dhk->bthk", x, wv)
+        q, k, v, wo = llama.qkv_projections(self, c, x, cos, sin)
         pool = _constrain(_write_pool(pool, slots, k, v), c, self.mesh)
         out = ragged_attention(q.astype(pool.dtype), pool, block_table, positions, self.window, self.mesh,
                                pool_spec(c, self.mesh)).astype(dt)

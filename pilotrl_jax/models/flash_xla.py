@@ -75,24 +75,28 @@ def _attend_bwd(chunk, dt, res, g):
     # D_t = sum_d dO_t * O_t: the softmax backward's per-query term
     delta = jnp.sum(gh.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     B, K, T, G, Dh = qh.shape
-    dk = jnp.zeros((B, K, T, Dh), jnp.float32)
-    dv = jnp.zeros((B, K, T, Dh), jnp.float32)
+    # dK and dV are accumulated transposed ([B, K, Dh, T]): "d x (t g) @ (t g) x s" reads each block's
+    # probabilities in the layout they are made in; "s x (t g) @ (t g) x d" had XLA on CPU copy every
+    # block's [t g, s] matrix into its transpose first
+    dkt = jnp.zeros((B, K, Dh, T), jnp.float32)
+    dvt = jnp.zeros((B, K, Dh, T), jnp.float32)
     dqs = []
     for a, b in _blocks(T, chunk):
         s, mask = _scores(qh[:, :, a:b], kh[:, :, :b], key_valid, a, b)
         p = jnp.exp(s - lse[0, :, :, a:b, :, None] - lse[1, :, :, a:b, :, None])
         go = gh[:, :, a:b]
-        dv = dv.at[:, :, :b].add(jnp.einsum("bktgs,bktgd->bksd", p.astype(dt), go,
-                                            preferred_element_type=jnp.float32))
+        dvt = dvt.at[:, :, :, :b].add(jnp.einsum("bktgd,bktgs->bkds", go, p.astype(dt),
+                                                 preferred_element_type=jnp.float32))
         dp = jnp.einsum("bktgd,bksd->bktgs", go, vh[:, :, :b], preferred_element_type=jnp.float32)
         ds = jnp.where(mask, p * (dp - delta[:, :, a:b, :, None]), 0.0) * (1.0 / math.sqrt(Dh))
         ds = ds.astype(dt)
         dqs.append(jnp.einsum("bktgs,bksd->bktgd", ds, kh[:, :, :b], preferred_element_type=jnp.float32))
-        dk = dk.at[:, :, :b].add(jnp.einsum("bktgs,bktgd->bksd", ds, qh[:, :, a:b],
-                                            preferred_element_type=jnp.float32))
+        dkt = dkt.at[:, :, :, :b].add(jnp.einsum("bktgd,bktgs->bkds", qh[:, :, a:b], ds,
+                                                 preferred_element_type=jnp.float32))
     dq = jnp.concatenate(dqs, axis=2).transpose(0, 2, 1, 3, 4)
+    dk, dv = dkt.transpose(0, 3, 1, 2), dvt.transpose(0, 3, 1, 2)
     qd, kd, vd = (x.dtype for x in dtypes)  # the inputs' dtypes, kept as empty arrays
-    return (dq.astype(qd), dk.transpose(0, 2, 1, 3).astype(kd), dv.transpose(0, 2, 1, 3).astype(vd), None)
+    return (dq.astype(qd), dk.astype(kd), dv.astype(vd), None)
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)

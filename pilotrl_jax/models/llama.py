@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pilotrl_jax.models import attention as attn_kernels
+from pilotrl_jax.models.projection import project
 from pilotrl_jax.models.config import LlamaConfig
 
 Params = Any
@@ -98,9 +99,9 @@ def qkv_projections(module: nn.Module, c: LlamaConfig, x, cos, sin):
     wk = _param(module, "wk", ("embed", "kv_heads", "head_dim"), (D, K, Dh), init, c).astype(dt)
     wv = _param(module, "wv", ("embed", "kv_heads", "head_dim"), (D, K, Dh), init, c).astype(dt)
     wo = _param(module, "wo", ("heads", "head_dim", "embed"), (H, Dh, D), init, c).astype(dt)
-    q = apply_rope(jnp.einsum("btd,dhk->bthk", x, wq), cos, sin)
-    k = apply_rope(jnp.einsum("btd,dhk->bthk", x, wk), cos, sin)
-    return q, k, jnp.einsum("btd,dhk->bthk", x, wv), wo
+    q = apply_rope(project(c, "btd,dhk->bthk", x, wq), cos, sin)
+    k = apply_rope(project(c, "btd,dhk->bthk", x, wk), cos, sin)
+    return q, k, project(c, "btd,dhk->bthk", x, wv), wo
 
 
 class Attention(nn.Module):
@@ -137,7 +138,7 @@ class Attention(nn.Module):
             out = _blocked_causal(q, k, v, mask, chunk, dt)
         else:
             out = _attend(q, k, v, mask, dt)
-        return jnp.einsum("bthk,hkd->btd", out.reshape(B, T, H, Dh), wo), new_cache
+        return project(c, "bthk,hkd->btd", out.reshape(B, T, H, Dh), wo), new_cache
 
 
 def _blocked_causal(q, k, v, mask, chunk, dt):
@@ -179,8 +180,8 @@ class MLP(nn.Module):
         wg = _param(self, "w_gate", ("embed", "mlp"), (c.hidden_size, c.intermediate_size), init, c).astype(dt)
         wu = _param(self, "w_up", ("embed", "mlp"), (c.hidden_size, c.intermediate_size), init, c).astype(dt)
         wd = _param(self, "w_down", ("mlp", "embed"), (c.intermediate_size, c.hidden_size), init, c).astype(dt)
-        h = jax.nn.silu(x @ wg) * (x @ wu)
-        return h @ wd
+        h = jax.nn.silu(project(c, "btd,df->btf", x, wg)) * project(c, "btd,df->btf", x, wu)
+        return project(c, "btf,fd->btd", h, wd)
 
 
 class Block(nn.Module):
@@ -253,11 +254,11 @@ class Llama(nn.Module):
         if return_hidden:
             return x, new_cache
         if c.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, embed.astype(dt))
+            logits = project(c, "btd,vd->btv", x, embed.astype(dt))
         else:
             head = _param(self, "lm_head", ("embed", "vocab"), (c.hidden_size, c.vocab_size),
                           nn.initializers.normal(0.02), c)
-            logits = x @ head.astype(dt)
+            logits = project(c, "btd,dv->btv", x, head.astype(dt))
         return logits.astype(jnp.float32), new_cache
 
 

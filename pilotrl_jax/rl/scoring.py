@@ -8,12 +8,15 @@ import jax.numpy as jnp
 
 from pilotrl_jax.models import llama
 from pilotrl_jax.models.config import LlamaConfig
+from pilotrl_jax.models.projection import project
 from pilotrl_jax.rl import losses as L
 
 
 def _lm_head(model_cfg: LlamaConfig, params):
-    """The LM-head matrix [D, V] (the embedding, transposed, when tied)."""
-    return params["embed"].T if model_cfg.tie_word_embeddings else params["lm_head"]
+    """(einsum spec, matrix) of the LM head: the embedding [V, D] when tied, else lm_head [D, V]."""
+    if model_cfg.tie_word_embeddings:
+        return "btd,vd->btv", params["embed"]
+    return "btd,dv->btv", params["lm_head"]
 
 
 def policy_logprobs_entropy(model_cfg: LlamaConfig, params, input_ids, attention_mask=None, positions=None,
@@ -33,11 +36,12 @@ def policy_logprobs_entropy(model_cfg: LlamaConfig, params, input_ids, attention
     pad = nc * chunk_size - n
     h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, nc, chunk_size, D).swapaxes(0, 1)
     tgt = jnp.pad(tgt, ((0, 0), (0, pad))).reshape(B, nc, chunk_size).swapaxes(0, 1)
-    w = _lm_head(model_cfg, params).astype(h.dtype)
+    spec, w = _lm_head(model_cfg, params)
+    w = w.astype(h.dtype)
 
     @jax.checkpoint
     def one(hc, tc):
-        z = (hc @ w).astype(jnp.float32) / temperature
+        z = project(model_cfg, spec, hc, w).astype(jnp.float32) / temperature
         lse = jax.nn.logsumexp(z, axis=-1)
         lp = jnp.take_along_axis(z, tc[..., None], axis=-1)[..., 0] - lse
         ent = lse - (jnp.exp(z - lse[..., None]) * z).sum(-1)

@@ -1,7 +1,7 @@
 """PPO step on one GPU: our jitted `ppo_step` per attention kernel vs transformers' torch LlamaForCausalLM.
 
     JAX_PLATFORMS=cuda python benchmarks/bench_ppo_step_gpu.py [--model llama1b|tiny] [--batch 2] [--seq 8192]
-        [--rows cudnn:none xla:full cudnn:full xla_flash:none] [--chunk 512] [--reps 3]
+        [--rows cudnn:none xla:full cudnn:full xla_flash:none] [--chunk 512] [--reps 3] [--autotune-level 0]
 
 The model has random weights in Llama-3.2-1B's shapes (`llama1b`: 1.24B parameters, 16 layers, hidden 2048,
 GQA 32/8 heads of 64, vocabulary 128256, tied embeddings) or a small stand-in (`tiny`, to try the script
@@ -11,11 +11,16 @@ sampling temperature, dual-clip surrogate, backward, grad-norm clip, AdamW) on t
 
 Each `--rows` entry is `attention_impl:remat_policy`: one row of ours (`xla` and `xla_flash` run in blocks of
 `--chunk` queries). Ours is compiled ahead of time and its XLA memory estimate printed before it runs. The
-torch peer (SDPA attention, which picks flash attention on the GPU) runs first, in the same process, and its
-memory is released before ours starts (the two do not fit side by side at 8K-token rows); the GPU runs
-nothing else. MFU is against the bf16 matmul peak measured at the start (8192^3 products) and against the
-datasheet figure given by --peak-tflops; FLOPs count 6 x matmul parameters per token plus the attention
-scores and values in full (non-causal), as bench_ppo_step.py does.
+torch peer (SDPA attention, which picks flash attention on the GPU) runs first, in this process, and its
+memory is released before ours starts (the two do not fit side by side at 8K-token rows); each row of ours
+then runs in a fresh child process (one row's leftovers split the GPU allocator's free space, and the next
+row's 50 GiB of temporaries did not fit); the GPU runs nothing else. `--autotune-level 0` turns XLA's GEMM
+autotuning off for a faster compile, but its default GEMMs are slow: the cudnn row took 6.4 s instead of
+0.35 s (2026-12-04). To shorten the xla rows' compile keep autotuning and set
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS only: 74 s). MFU is against the bf16 matmul peak
+measured at the start (8192^3 products) and against the datasheet figure given by --peak-tflops; FLOPs
+count 6 x matmul parameters per token plus the attention scores and values in full (non-causal), as
+bench_ppo_step.py does.
 
 A check row compares the mean next-token log-prob of torch and ours on the batch's first row (bf16 both:
 they agree to about 1e-2), so the two sides are known to compute the same model.
@@ -24,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -97,6 +105,44 @@ def mean_logprob_ours(config: LlamaConfig, params, ids: np.ndarray) -> float:
     return float(f(params, jnp.asarray(ids[None])))
 
 
+_RESULT = "RESULT "
+
+
+def _ppo_config() -> ppo.PPOConfig:
+    """The update both sides do: one mini-batch, one micro-batch, no shuffling."""
+    return ppo.PPOConfig(lr=1e-6, num_mini_batches=1, num_micro_batches=1, shuffle=False)
+
+
+def run_worker_row(args) -> dict:
+    """One row of ours in this process: load the saved weights, compile the PPO step ahead of time, time it."""
+    impl, _, remat = args.worker_row.partition(":")
+    config, params = hf_io.load_hf(args.weights, dtype="bfloat16", param_dtype="float32", scan_layers=True)
+    config = config.replace(remat_policy=remat, attention_impl=impl, attention_query_chunk=args.chunk)
+    batch = _batch(config.vocab_size, args.batch, args.seq)
+    out = {"logprob": mean_logprob_ours(config, params, batch["input_ids"][0])}
+    jb = jax.tree.map(jnp.asarray, batch)
+    pc = _ppo_config()
+    step = ppo.make_ppo_step(config, pc, donate=True)
+    state = ppo.init_train_state(config, pc, params, jax.random.PRNGKey(0))
+    del params
+    opts = None if args.autotune_level is None else {"xla_gpu_autotune_level": args.autotune_level}
+    t0 = time.perf_counter()
+    compiled = step.jitted.lower(state, jb).compile(compiler_options=opts)
+    out["compile_s"] = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    out["temp_gib"] = getattr(ma, "temp_size_in_bytes", float("nan")) / 2**30 if ma is not None else float("nan")
+    box = [state]
+
+    def run():
+        box[0], m = compiled(box[0], jb)
+        jax.block_until_ready(m)
+        return m
+
+    out["policy_loss"] = float(M.finalize(run()).get("policy_loss", float("nan")))
+    out["step_s"] = _best_time(run, args.reps)
+    return out
+
+
 def main():
     """Run the benchmark and print the table."""
     ap = argparse.ArgumentParser()
@@ -109,7 +155,15 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="datasheet dense bf16 peak (H100/H200 SXM)")
     ap.add_argument("--no-torch", action="store_true", help="skip the torch peer")
+    ap.add_argument("--autotune-level", type=int, default=None,
+                    help="XLA's GPU GEMM autotuning level for our rows (0 = off: cuBLAS heuristics, faster compile; "
+                         "default: XLA's own)")
+    ap.add_argument("--worker-row", help=argparse.SUPPRESS)  # internal: run one row of ours in this process
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker_row:
+        print(_RESULT + json.dumps(run_worker_row(args)), flush=True)
+        return
     for r in args.rows:
         impl, _, remat = r.partition(":")
         if not remat:
@@ -122,7 +176,7 @@ def main():
     base = LlamaConfig(**MODELS[args.model])
     B, T = args.batch, args.seq
     batch = _batch(base.vocab_size, B, T)
-    pc = ppo.PPOConfig(lr=1e-6, num_mini_batches=1, num_micro_batches=1, shuffle=False)
+    pc = _ppo_config()
     fl_step = train_flops_per_token(base, T) * B * T
     print(f"model={args.model} params={base.num_params / 1e9:.3f}B batch={B} seq={T} tokens/step={B * T} "
           f"jax={jax.__version__} ({jax.devices()[0].device_kind}) torch={torch.__version__} "
@@ -162,45 +216,34 @@ def main():
     if device == "cuda":
         torch.cuda.empty_cache()
 
-    # --- ours, one row per (attention_impl, remat_policy)
-    jb = jax.tree.map(jnp.asarray, batch)
-    config, params = hf_io.load_hf(path, dtype="bfloat16", param_dtype="float32", scan_layers=True)
-    checked = False
+    # --- ours, one row per (attention_impl, remat_policy), each in a fresh process: after one row's step, the
+    # allocator's free space is split, and the next row's 50 GiB of temporaries did not fit (2026-12-04)
     for r in args.rows:
         impl, _, remat = r.partition(":")
-        try:
-            config = config.replace(remat_policy=remat, attention_impl=impl, attention_query_chunk=args.chunk)
-            if not checked:
-                lp_ours = mean_logprob_ours(config, params, batch["input_ids"][0])
-                print(f"check: mean next-token log-prob of row 0: torch {lp_torch:.4f}, ours {lp_ours:.4f} "
-                      f"(ours with attention_impl={impl})", flush=True)
-                checked = True
-            step = ppo.make_ppo_step(config, pc, donate=True)
-            state = ppo.init_train_state(config, pc, jax.tree.map(jnp.copy, params), jax.random.PRNGKey(0))
-            t0 = time.perf_counter()
-            compiled = step.jitted.lower(state, jb).compile()
-            t_compile = time.perf_counter() - t0
-            ma = compiled.memory_analysis()
-            temp = getattr(ma, "temp_size_in_bytes", float("nan")) / 2**30 if ma is not None else float("nan")
-            box = [state]
-
-            def run():
-                box[0], m = compiled(box[0], jb)
-                jax.block_until_ready(m)
-                return m
-
-            first = M.finalize(run())
-            t = _best_time(run, args.reps)
-            vs = f"{t_torch / t:>8.2f}" if t_torch else f"{'-':>8}"
-            rows_out.append(f"{impl:>10} {remat:>6} | {t_compile:>9.1f} {temp:>12.1f} | {t:>7.3f} {B * T / t:>8.0f} "
-                            f"{fl_step / t / peak:>8.1%} {fl_step / t / (args.peak_tflops * 1e12):>9.1%} | {vs}")
-            print(rows_out[-1] + f"   (first policy_loss {first.get('policy_loss', float('nan')):.5f})", flush=True)
-            state = compiled = None
-            box.clear()
-        except Exception as e:  # noqa: BLE001 - report the row and go on
-            traceback.print_exc()
-            rows_out.append(f"{impl:>10} {remat:>6} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
-        gc.collect()
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker-row", r, "--weights", path,
+               "--model", args.model, "--batch", str(B), "--seq", str(T), "--chunk", str(args.chunk),
+               "--reps", str(args.reps)]
+        if args.autotune_level is not None:
+            cmd += ["--autotune-level", str(args.autotune_level)]
+        res = None
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:
+                if line.startswith(_RESULT):
+                    res = json.loads(line[len(_RESULT):])
+                else:
+                    print(line, end="", flush=True)
+        if res is None:
+            rows_out.append(f"{impl:>10} {remat:>6} | failed (exit {proc.returncode}; see above)")
+            continue
+        if "logprob" in res:
+            print(f"check: mean next-token log-prob of row 0: torch {lp_torch:.4f}, ours {res['logprob']:.4f} "
+                  f"(ours with attention_impl={impl})", flush=True)
+        t = res["step_s"]
+        vs = f"{t_torch / t:>8.2f}" if t_torch else f"{'-':>8}"
+        rows_out.append(f"{impl:>10} {remat:>6} | {res['compile_s']:>9.1f} {res['temp_gib']:>12.1f} | {t:>7.3f} "
+                        f"{B * T / t:>8.0f} {fl_step / t / peak:>8.1%} "
+                        f"{fl_step / t / (args.peak_tflops * 1e12):>9.1%} | {vs}")
+        print(rows_out[-1] + f"   (first policy_loss {res['policy_loss']:.5f})", flush=True)
 
     print()
     print(header)
